@@ -1,0 +1,756 @@
+"""vidda data: the one module every method script shares.
+
+It holds only what must be identical across methods (STYLE §5.4): the datasets, frame sampling,
+source/target pairing, THE evaluation protocol and the run plumbing. No losses, no discriminators.
+
+Sections
+  1. datasets      official TA3N feature layout (list files + one img_%05d.t7 per frame), a packed
+                   memmap cache, and the built-in synthetic cross-domain benchmark (synth-a/b/c)
+  2. sampling      the official centred segment rule, TSN random offsets, multi-clip; source/target pairing
+  3. evaluation    top-1, class-mean accuracy, confusion; last / source-selected / oracle epochs
+  4. run plumbing  RunArgs + argparse bridge, seeding, device, output folder, atomic checkpoints, --resume
+
+Shapes: N videos, B batch, K sampled frames (segments), D feature width, C classes.
+
+How a method script uses it (the loop itself stays in the method file):
+    args = data.parse_args(Args, argv, __doc__)          # Args(RunArgs) dataclass at the top of the script
+    run = data.Run(args, script="ta3n")                  # seed, device, data, output folder
+    ...build model, optimizer...
+    for epoch in run.epochs(state={"model": model, "optimizer": optimizer}):   # resumes if --resume
+        for idx_s, idx_t in run.pairs():                 # index batches, epoch ends with the shorter domain
+            x_s = run.frames(run.data.source_train, idx_s)   # (B, K, D) on the device
+        run.end_epoch({"loss": ...}, predict=lambda x: model(x))   # evaluation + metrics + checkpoint
+    return run.finish()                                  # metrics.json, one-line summary, dict
+
+Command line: `python data.py info [--source X --target Y --data-root R]` describes the data.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import platform
+import random
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+
+def fail(message: str):
+    """Bad input ends here: one line on stderr, exit status 1, no traceback (STYLE §5.2 item 8)."""
+    raise SystemExit(f"error: {message}")
+
+
+# ==== 1. datasets ===================================================================================
+
+# The official class-index files (TA3N repository, data/classInd_*.txt), in file order; only the order is
+# used (label = line number), the names label the confusion matrix.
+OFFICIAL_CLASSES = {
+    "hmdb_ucf": ["climb", "fencing", "golf", "kick_ball", "pullup", "punch", "pushup", "ride_bike",
+                 "ride_horse", "shoot_ball", "shoot_bow", "walk"],
+    "hmdb_ucf_small": ["golf", "pullup", "ride_bike", "ride_horse", "shoot_ball"],
+    "ucf_olympic": ["Basketball", "CleanAndJerk", "ThrowDiscus", "Diving", "PoleVault", "TennisSwing"],
+    # the 30 shared categories as listed in TA3N §7.4.2 (alphabetical; the released file was not available to us)
+    "kinetics_gameplay": ["break", "carry", "clean_floor", "climb", "crawl", "crouch", "cry", "dance", "drink",
+                          "drive", "fall_down", "fight", "hug", "jump", "kick", "light_up", "news_anchor",
+                          "open_door", "paint_brush", "paraglide", "pour", "push", "read", "run", "shoot_gun",
+                          "stare", "talk", "throw", "walk", "wash_dishes"],
+}
+# --setting -> (official DA-setting tag used in the file names, the domains it pairs)
+SETTINGS = {"full": ("hmdb_ucf", {"ucf", "hmdb"}), "small": ("hmdb_ucf_small", {"ucf", "hmdb"}),
+            "olympic": ("ucf_olympic", {"ucf", "olympic"}), "kinetics": ("kinetics_gameplay", {"kinetics", "gameplay"})}
+DOMAIN_DIRS = {"ucf": "ucf101", "hmdb": "hmdb51", "olympic": "olympic", "kinetics": "kinetics", "gameplay": "gameplay"}
+SYNTHETIC_DOMAINS = ("synth-a", "synth-b", "synth-c")
+
+
+@dataclass
+class Split:
+    """One list of videos with all their frames packed: frame i of video v is features[offsets[v] + i]."""
+    name: str                    # e.g. "hmdb51/val" or "synth-b/val (synthetic)"
+    features: object             # (total_frames, D) float32: np.memmap (real data) or torch.Tensor (synthetic)
+    offsets: np.ndarray          # (N,) int64
+    lengths: np.ndarray          # (N,) int64, >= 1
+    labels: np.ndarray           # (N,) int64 in [0, C)
+    videos: list                 # (N,) video folder or synthetic id
+    origin: str                  # where it was read from (list file, cache) or "generated"
+
+    def __len__(self):
+        return len(self.labels)
+
+    @property
+    def dim(self) -> int:
+        return int(self.features.shape[1])
+
+
+def read_class_file(path: str) -> list:
+    """Class names of an official `classInd_*.txt` (`<id> <name>` per line; trailing blanks/CRLF ignored)."""
+    if not os.path.isfile(path):
+        fail(f"class file not found: {path}")
+    names = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.strip().split()
+            if not parts:
+                continue
+            names.append(parts[-1] if len(parts) > 1 else parts[0])
+    if not names:
+        fail(f"class file {path} lists no classes")
+    return names
+
+
+def read_list_file(path: str) -> list:
+    """Rows (video_dir, num_frames, label) of an official list file `<video_feature_dir> <num_frames> <label>`."""
+    if not os.path.isfile(path):
+        fail(f"list file not found: {path}")
+    rows = []
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.strip().split()
+            if not parts:
+                continue
+            if len(parts) != 3 or not re.fullmatch(r"-?\d+", parts[1]) or not re.fullmatch(r"-?\d+", parts[2]):
+                fail(f"{path}:{n}: malformed line {line.strip()!r} (expected '<video_dir> <num_frames> <label>')")
+            rows.append((parts[0], int(parts[1]), int(parts[2])))
+    if not rows:
+        fail(f"empty split: {path} lists no videos")
+    return rows
+
+
+def reroot(video_dir: str, data_root: str) -> str:
+    """The released lists hold the authors' absolute paths: when a listed folder does not exist, look for its
+    trailing `<dataset>/RGB-Feature/<video>` part under the data root (or a relative path under the root)."""
+    if os.path.isdir(video_dir):
+        return video_dir
+    parts = [p for p in video_dir.replace("\\", "/").split("/") if p]
+    for i in range(len(parts) - 1, 0, -1):
+        if parts[i].lower().startswith("rgb-feature"):
+            candidate = os.path.join(data_root, *parts[i - 1:])
+            if os.path.isdir(candidate):
+                return candidate
+    candidate = os.path.join(data_root, video_dir.lstrip("/"))
+    return candidate if os.path.isdir(candidate) else video_dir
+
+
+def _frame_path(video_dir: str, i: int) -> str:
+    return os.path.join(video_dir, "img_%05d.t7" % i)  # 1-based, as written by the official extractor
+
+
+def _fingerprint(list_path: str, dirs: list, lengths: list) -> str:
+    """What the cache depends on: the list's bytes and every frame file's size and mtime."""
+    h = hashlib.sha1(open(list_path, "rb").read())
+    for d, n in zip(dirs, lengths):
+        for i in range(1, n + 1):
+            try:
+                st = os.stat(_frame_path(d, i))
+                h.update(b"%d:%d;" % (st.st_size, st.st_mtime_ns))
+            except OSError:
+                h.update(b"missing;")
+    return h.hexdigest()
+
+
+def _load_frame(path: str, dim):
+    if not os.path.isfile(path):
+        return None, f"missing frame file {path}"
+    try:
+        t = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # corrupt or foreign file: report, do not crash
+        return None, f"cannot read {path} ({type(e).__name__})"
+    if not isinstance(t, torch.Tensor) or t.dim() != 1 or (dim is not None and t.numel() != dim):
+        shape = tuple(t.shape) if isinstance(t, torch.Tensor) else type(t).__name__
+        want = f"({dim},)" if dim else "a 1-D tensor"
+        return None, f"wrong feature shape {shape} in {path} (expected {want})"
+    if not t.is_floating_point():
+        return None, f"wrong feature dtype {t.dtype} in {path} (expected a float tensor)"
+    t = t.float()
+    if not torch.isfinite(t).all():
+        return None, f"NaN/inf in features of {path}"
+    return t.numpy(), None
+
+
+def load_split(list_path: str, num_classes: int, data_root: str, cache_dir: str, name: str,
+               skip_bad_videos: bool = False) -> Split:
+    """Read an official list, packing all its frames into one memmap on first use (reused until it changes)."""
+    rows = read_list_file(list_path)
+    dirs, lengths, labels = [], [], []
+    for n, (video_dir, num_frames, label) in enumerate(rows, 1):
+        problem = None
+        if num_frames <= 0:
+            problem = f"{list_path}:{n}: video {video_dir} has {num_frames} frames"
+        elif not 0 <= label < num_classes:
+            problem = f"{list_path}:{n}: label {label} outside the class file's range 0..{num_classes - 1}"
+        if problem and not skip_bad_videos:
+            fail(problem)
+        if problem:
+            print(f"skipped: {problem}", file=sys.stderr)
+            continue
+        dirs.append(reroot(video_dir, data_root))
+        lengths.append(num_frames)
+        labels.append(label)
+
+    os.makedirs(cache_dir, exist_ok=True)
+    key = hashlib.sha1(os.path.abspath(list_path).encode()).hexdigest()[:16]
+    meta_path, array_path = os.path.join(cache_dir, key + ".json"), os.path.join(cache_dir, key + ".npy")
+    fingerprint = _fingerprint(list_path, dirs, lengths)
+    if os.path.isfile(meta_path) and os.path.isfile(array_path):
+        with open(meta_path) as f:
+            meta = json.load(f)
+        if meta.get("fingerprint") == fingerprint:
+            features = np.load(array_path, mmap_mode="r")
+            return Split(name, features, np.array(meta["offsets"], dtype=np.int64),
+                         np.array(meta["lengths"], dtype=np.int64), np.array(meta["labels"], dtype=np.int64),
+                         meta["videos"], f"{list_path} (packed cache {array_path})")
+
+    # pack: read every frame once (the only time per-frame files are touched)
+    first, err = _load_frame(_frame_path(dirs[0], 1), None) if dirs else (None, "no videos")
+    if err and not skip_bad_videos:
+        fail(err)
+    dim = first.shape[0] if first is not None else None
+    keep, tmp_path = [], array_path + ".tmp.npy"
+    packed = None
+    for v in tqdm(range(len(dirs)), desc=f"packing {name}", unit="video", leave=False,
+                  disable=None):                                 # disable=None: bars only on a terminal
+        frames = []
+        for i in range(1, lengths[v] + 1):
+            x, err = _load_frame(_frame_path(dirs[v], i), dim)
+            if err:
+                if not skip_bad_videos:
+                    fail(err)
+                print(f"skipped: video {dirs[v]}: {err}", file=sys.stderr)
+                frames = None
+                break
+            dim = dim or x.shape[0]
+            frames.append(x)
+        if frames:
+            keep.append((v, np.stack(frames)))
+    if not keep:
+        fail(f"empty split: no readable video in {list_path}")
+    total = sum(len(x) for _, x in keep)
+    packed = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.float32, shape=(total, dim))
+    offsets, pos = [], 0
+    for _, x in keep:
+        packed[pos:pos + len(x)] = x
+        offsets.append(pos)
+        pos += len(x)
+    packed.flush()
+    del packed
+    os.replace(tmp_path, array_path)
+    meta = {"fingerprint": fingerprint, "list": os.path.abspath(list_path), "offsets": offsets,
+            "lengths": [lengths[v] for v, _ in keep], "labels": [labels[v] for v, _ in keep],
+            "videos": [dirs[v] for v, _ in keep]}
+    with open(meta_path + ".tmp", "w") as f:
+        json.dump(meta, f)
+    os.replace(meta_path + ".tmp", meta_path)
+    return load_split(list_path, num_classes, data_root, cache_dir, name, skip_bad_videos)
+
+
+# ---- the built-in synthetic cross-domain benchmark ----
+# Each video is a sequence of 3 sub-actions drawn from a bank of prototypes in a latent space, rendered to D-d
+# features by a linear map. Classes 0..7 come in pairs that use the same sub-actions in opposite order, so mean-
+# pooling cannot separate a pair (a ceiling near 67 %) while an ordered (relation) model can. The target domains
+# differ spatially (their own renderer: a perturbed map, a shift, more noise, a per-video style offset) and
+# temporally (other lengths and speeds, uneven sub-action durations, background frames before and after).
+SYNTH = {  # domain -> sizes and shift parameters
+    "synth-a": dict(n_train=1438, n_val=571, length=(24, 48), background=0.0, dirichlet=40.0, mix=0.0,
+                    shift=0.0, noise=0.5, style=0.2, balanced=False),
+    "synth-b": dict(n_train=840, n_val=360, length=(16, 80), background=0.25, dirichlet=6.0, mix=2.0,
+                    shift=1.5, noise=0.6, style=0.5, balanced=True),
+    "synth-c": dict(n_train=840, n_val=360, length=(30, 100), background=0.3, dirichlet=4.0, mix=2.5,
+                    shift=2.0, noise=0.6, style=0.6, balanced=True),
+}
+SYNTH_CLASSES = 12
+SYNTH_LATENT = 16
+
+
+def _synthetic_world(seed: int, dim: int):
+    """What all domains share: sub-action prototypes, the class recipes and the base renderer."""
+    rng = np.random.default_rng([seed, 0])
+    prototypes = rng.normal(0, 1, (9, SYNTH_LATENT))            # 8 sub-actions + 1 background
+    recipes = []
+    for i in range(4):                                           # 4 order-twin pairs -> classes 0..7
+        a, b, c = (rng.permutation(8)[:3])
+        recipes += [(a, b, c), (c, b, a)]
+    for i in range(4):                                           # 4 classes with their own sub-action sets
+        recipes.append(tuple(rng.permutation(8)[:3]))
+    renderer = rng.normal(0, 1 / math.sqrt(SYNTH_LATENT), (SYNTH_LATENT, dim))
+    return prototypes, np.array(recipes), renderer
+
+
+def make_synthetic_split(domain: str, part: str, seed: int = 0, dim: int = 128) -> Split:
+    """Generate the train or val split of one synthetic domain, deterministically from (seed, domain, part)."""
+    if domain not in SYNTH:
+        fail(f"unknown synthetic domain {domain!r} (choose from {', '.join(SYNTH)})")
+    p = SYNTH[domain]
+    prototypes, recipes, renderer = _synthetic_world(seed, dim)
+    d_index = SYNTHETIC_DOMAINS.index(domain)
+    drng = np.random.default_rng([seed, 1, d_index])             # the domain's renderer (shared by train and val)
+    mix = drng.normal(0, 1 / math.sqrt(SYNTH_LATENT), (SYNTH_LATENT, dim))
+    render = renderer + p["mix"] * mix
+    bias = p["shift"] * drng.normal(0, 1, dim) / math.sqrt(dim) * 4
+    background = prototypes[8] + 0.5 * drng.normal(0, 1, SYNTH_LATENT)
+
+    rng = np.random.default_rng([seed, 2, d_index, 0 if part == "train" else 1])
+    n = p["n_train"] if part == "train" else p["n_val"]
+    if p["balanced"]:
+        labels = np.arange(n) % SYNTH_CLASSES
+    else:                                                        # UCF-like imbalance (largest class ~ 2x the smallest)
+        w = np.linspace(1.0, 2.0, SYNTH_CLASSES)[rng.permutation(SYNTH_CLASSES)]
+        labels = rng.choice(SYNTH_CLASSES, size=n, p=w / w.sum())
+    labels = rng.permutation(labels)
+    lengths = rng.integers(p["length"][0], p["length"][1] + 1, size=n)
+
+    # per video: background fraction before/after the action and uneven sub-action durations
+    pre = rng.uniform(0, p["background"], n)
+    post = rng.uniform(0, p["background"], n)
+    durations = rng.dirichlet([p["dirichlet"]] * 3, size=n)     # (N, 3)
+    bounds = np.cumsum(durations, axis=1)
+
+    video = np.repeat(np.arange(n), lengths)                     # frame -> video
+    offsets = np.concatenate([[0], np.cumsum(lengths)[:-1]])
+    t = (np.arange(len(video)) - offsets[video] + 0.5) / lengths[video]        # position in [0, 1)
+    u = (t - pre[video]) / np.maximum(1 - pre[video] - post[video], 1e-3)       # position inside the action
+    in_action = (u >= 0) & (u < 1)
+    step = (u[:, None] >= bounds[video][:, :2]).sum(1)                          # sub-action 0, 1 or 2
+    sub = recipes[labels[video], np.clip(step, 0, 2)]
+    latent = np.where(in_action[:, None], prototypes[sub], background)
+    latent = latent + p["noise"] * rng.normal(0, 1, latent.shape)
+    style = p["style"] * rng.normal(0, 1, (n, dim))                             # per-video appearance
+    features = latent @ render + bias + style[video]
+    return Split(f"{domain}/{part} (synthetic)", torch.from_numpy(features.astype(np.float32)),
+                 offsets.astype(np.int64), lengths.astype(np.int64), labels.astype(np.int64),
+                 [f"{domain}-{part}-{i:05d}" for i in range(n)], f"generated (seed {seed}, {dim}-d)")
+
+
+@dataclass
+class DomainPair:
+    """The splits of one source -> target task, and what every output file calls it."""
+    name: str                    # e.g. "synthetic synth-a->synth-b" or "ucf->hmdb (full)"
+    class_names: list
+    source_train: Split
+    source_val: Split            # held-out source split: model selection without target labels
+    target_train: object         # Split, or None for domain generalization
+    target_val: Split            # the target test list ("val" in the official lists)
+    synthetic: bool
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.class_names)
+
+
+def _resolve_setting(source: str, target: str, setting: str) -> str:
+    if setting != "auto":
+        if setting not in SETTINGS:
+            fail(f"unknown --setting {setting!r} (choose from auto, {', '.join(SETTINGS)})")
+        return setting
+    for name in ("full", "olympic", "kinetics"):
+        if {source, target} <= SETTINGS[name][1]:
+            return name
+    fail(f"no official setting pairs {source!r} with {target!r} (pairs: ucf-hmdb, ucf-olympic, kinetics-gameplay)")
+
+
+def official_list(data_root: str, domain: str, part: str, setting: str) -> str:
+    """Path of an official list, e.g. <root>/hmdb51/list_hmdb51_val_hmdb_ucf-feature.txt."""
+    folder = DOMAIN_DIRS[domain]
+    return os.path.join(data_root, folder, f"list_{folder}_{part}_{SETTINGS[setting][0]}-feature.txt")
+
+
+def load_pair(args, with_target_train: bool = True) -> DomainPair:
+    """Resolve --source/--target (named datasets, synthetic domains or explicit list flags) into splits."""
+    source, target = args.source, args.target
+    explicit = {"source_list": args.source_list, "target_list": args.target_list, "val_list": args.val_list}
+    synthetic = source in SYNTHETIC_DOMAINS and not any(explicit.values())
+    if synthetic != (target in SYNTHETIC_DOMAINS) and not any(explicit.values()):
+        fail(f"cannot pair {source!r} with {target!r}: both must be synthetic (synth-a/b/c) or both real")
+    if synthetic:
+        make = lambda d, part: make_synthetic_split(d, part, args.synth_seed, args.synth_dim)
+        return DomainPair(f"synthetic {source}->{target}", [f"class{c:02d}" for c in range(SYNTH_CLASSES)],
+                          make(source, "train"), make(source, "val"),
+                          make(target, "train") if with_target_train else None, make(target, "val"), True)
+
+    if not os.path.isdir(args.data_root) and not all(explicit.values()):
+        fail(f"data root not found: {args.data_root} (expected the TA3N feature layout; see README, Data; "
+             f"run with --source synth-a --target synth-b for the synthetic benchmark)")
+    if not all(explicit.values()):
+        for d in (source, target):
+            if d not in DOMAIN_DIRS:
+                fail(f"unknown dataset {d!r} (choose from {', '.join(DOMAIN_DIRS)} or {', '.join(SYNTHETIC_DOMAINS)})")
+        setting = _resolve_setting(source, target, args.setting)
+    else:
+        setting = args.setting if args.setting in SETTINGS else None
+    tag = SETTINGS[setting][0] if setting else None
+
+    if args.class_file:
+        class_names = read_class_file(args.class_file)
+    elif tag and os.path.isfile(os.path.join(args.data_root, f"classInd_{tag}.txt")):
+        class_names = read_class_file(os.path.join(args.data_root, f"classInd_{tag}.txt"))
+    elif tag:
+        class_names = OFFICIAL_CLASSES[tag]
+    else:
+        fail("--class-file is required with explicit list files and no --setting")
+    lists = {
+        "source_train": args.source_list or official_list(args.data_root, source, "train", setting),
+        "source_val": args.source_val_list or (official_list(args.data_root, source, "val", setting) if setting else ""),
+        "target_train": args.target_list or official_list(args.data_root, target, "train", setting),
+        "target_val": args.val_list or official_list(args.data_root, target, "val", setting),
+    }
+    if not lists["source_val"]:
+        fail("--source-val-list is required with explicit list files (model selection needs a held-out source split)")
+    cache = os.path.join(args.data_root if os.path.isdir(args.data_root) else ".", ".vidda_cache")
+    splits = {}
+    for key, path in lists.items():
+        if key == "target_train" and not with_target_train:
+            splits[key] = None
+            continue
+        rel = os.path.relpath(path, args.data_root) if path.startswith(args.data_root) else path
+        splits[key] = load_split(path, len(class_names), args.data_root, cache, rel, args.skip_bad_videos)
+    dims = {s.dim for s in splits.values() if s is not None}
+    if len(dims) != 1:
+        fail(f"source and target features have different widths {sorted(dims)}")
+    name = f"{source}->{target}" + (f" ({setting})" if setting else "")
+    return DomainPair(name, class_names, splits["source_train"], splits["source_val"], splits["target_train"],
+                      splits["target_val"], False)
+
+
+# ==== 2. sampling and pairing =======================================================================
+
+def sample_indices(lengths, num_segments: int, mode: str = "center", num_clips: int = 1, generator=None):
+    """0-based frame indices, vectorized over videos.
+
+    center  the official rule (TA3N dataset.py `_get_test_indices`): tick = n/K, index_k = int(tick/2 + tick·k)
+            (+1 in the official 1-based numbering); a video with n < K frames gives 0..n-1 then repeats the last.
+    random  TSN training offsets: one uniform frame inside each of the K equal segments.
+    clips   num_clips evenly shifted centred samplings (MA2L-TD-style multi-clip testing); clips=1 == center.
+    Args: lengths (N,) ints. Returns (N, K) long, or (N, num_clips, K) for mode="clips".
+    """
+    n = torch.as_tensor(np.asarray(lengths), dtype=torch.float64)[:, None]             # (N, 1)
+    k = torch.arange(num_segments, dtype=torch.float64)[None, :]                         # (1, K)
+    tick = n / num_segments
+    if mode == "center":
+        idx = torch.floor(tick / 2 + tick * k)
+    elif mode == "random":
+        u = torch.rand(n.shape[0], num_segments, generator=generator, dtype=torch.float64)
+        idx = torch.floor(tick * (k + u))
+    elif mode == "clips":
+        c = (torch.arange(num_clips, dtype=torch.float64)[None, :, None] + 0.5) / num_clips    # (1, clips, 1)
+        idx = torch.floor(tick[:, :, None] * (k[:, None, :] + c))                             # (N, clips, K)
+        short = torch.minimum(k, n - 1)[:, None, :].expand_as(idx)
+        return torch.where(n[:, :, None] >= num_segments, idx, short).long()
+    else:
+        raise ValueError(f"unknown sampling mode {mode}")
+    short = torch.minimum(k, n - 1).expand_as(idx)                                       # 0..n-1, n-1, n-1, ...
+    return torch.where(n >= num_segments, idx, short).long()
+
+
+def gather_frames(split: Split, videos, frame_idx, device="cpu") -> torch.Tensor:
+    """Frames of the given videos: videos (B,) long, frame_idx (B, ..., K) 0-based -> (B, ..., K, D) float32."""
+    videos = torch.as_tensor(videos).cpu()
+    rows = torch.as_tensor(split.offsets)[videos].view(-1, *([1] * (frame_idx.dim() - 1))) + frame_idx.cpu()
+    if isinstance(split.features, torch.Tensor):
+        out = split.features[rows.to(split.features.device)]
+    else:                                                    # memmap: read only the sampled rows
+        flat = rows.reshape(-1).numpy()
+        out = torch.from_numpy(np.ascontiguousarray(split.features[flat])).view(*rows.shape, split.dim)
+    return out.to(device, non_blocking=True)
+
+
+def target_batch_size(batch_size: int, n_source: int, n_target: int) -> int:
+    """The official script's integer rule: 128 · 840 / 1438 -> 74, so both domains take about as many steps."""
+    return max(1, batch_size * n_target // n_source)
+
+
+def paired_batches(n_source: int, n_target: int, batch_source: int, batch_target: int, generator,
+                   cycle: bool = False) -> list:
+    """One epoch of (source indices, target indices) steps, each domain shuffled, last batches kept partial.
+    The epoch ends with the shorter domain (official `zip`), or with the longer one when cycle=True (the shorter
+    domain is reshuffled each time it runs out)."""
+    def batches(n, b):
+        perm = torch.randperm(n, generator=generator)
+        return list(perm.split(b))
+    src, tgt = batches(n_source, batch_source), batches(n_target, batch_target)
+    if cycle:
+        steps = max(len(src), len(tgt))
+        while len(src) < steps:
+            src += batches(n_source, batch_source)
+        while len(tgt) < steps:
+            tgt += batches(n_target, batch_target)
+    steps = min(len(src), len(tgt))
+    return list(zip(src[:steps], tgt[:steps]))
+
+
+# ==== 3. evaluation =================================================================================
+
+@torch.no_grad()
+def predict_split(predict, split: Split, num_segments: int, device, num_clips: int = 1, batch_size: int = 256):
+    """Logits (N, C) of every video; with num_clips > 1 the logits of the clips are averaged."""
+    mode = "clips" if num_clips > 1 else "center"
+    idx = sample_indices(split.lengths, num_segments, mode, num_clips)
+    out = []
+    for start in range(0, len(split), batch_size):
+        v = torch.arange(start, min(start + batch_size, len(split)))
+        x = gather_frames(split, v, idx[v], device)                      # (B, K, D) or (B, clips, K, D)
+        if num_clips > 1:
+            logits = predict(x.flatten(0, 1)).view(len(v), num_clips, -1).mean(1)
+        else:
+            logits = predict(x)
+        out.append(logits.float().cpu())
+    return torch.cat(out)
+
+
+def accuracy_report(logits: torch.Tensor, labels, num_classes: int) -> dict:
+    """Top-1, class-mean accuracy (mean over classes present) and the confusion matrix (rows = true class)."""
+    labels = torch.as_tensor(np.asarray(labels))
+    pred = logits.argmax(1)
+    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
+    confusion.index_put_((labels, pred), torch.ones_like(labels), accumulate=True)
+    per_class = confusion.diag().double() / confusion.sum(1).clamp(min=1)
+    present = confusion.sum(1) > 0
+    return {"top1": float((pred == labels).double().mean()), "class_mean": float(per_class[present].mean()),
+            "confusion": confusion.tolist()}
+
+
+def select_epochs(history: list) -> dict:
+    """The protocol's three numbers from per-epoch rows: last epoch, best source-val epoch, best target epoch.
+    'oracle' picks the epoch by target test accuracy, as the official TA3N, MA2L-TD and APN code do; it is
+    shown (labelled) only so that numbers can be compared with the papers."""
+    def pick(row, rule):
+        return {"rule": rule, "epoch": row["epoch"], "top1": row["target_top1"],
+                "class_mean": row["target_class_mean"], "confusion": row["target_confusion"]}
+    last = history[-1]
+    chosen = max(history, key=lambda r: (r["source_val_top1"], -r["epoch"]))
+    oracle = max(history, key=lambda r: (r["target_top1"], -r["epoch"]))
+    return {"last": pick(last, "last epoch"), "source_selected": pick(chosen, "best held-out source accuracy"),
+            "oracle": pick(oracle, "best target test accuracy (oracle, for comparison with papers)")}
+
+
+# ==== 4. run plumbing ===============================================================================
+
+@dataclass
+class RunArgs:
+    """The flags every script shares; each method's `Args(RunArgs)` adds its own below these."""
+    source: str = field(default="synth-a", metadata={"help": "source domain: ucf, hmdb, olympic, kinetics, "
+                                                     "gameplay, or synthetic synth-a/synth-b/synth-c"})
+    target: str = field(default="synth-b", metadata={"help": "target domain (same names)"})
+    data_root: str = field(default_factory=lambda: os.environ.get("VIDDA_DATA", "./data"),
+                           metadata={"help": "root of the TA3N feature layout (env VIDDA_DATA)"})
+    setting: str = field(default="auto", metadata={"help": "auto|full|small|olympic|kinetics (UCF-HMDB_full, "
+                                                   "UCF-HMDB_small, UCF-Olympic, Kinetics-Gameplay)"})
+    epochs: int = field(default=30, metadata={"help": "training epochs"})
+    batch_size: int = field(default=128, metadata={"help": "source batch; target = batch · n_t / n_s"})
+    lr: float = field(default=0.03, metadata={"help": "initial learning rate"})
+    seed: int = field(default=1, metadata={"help": "seed of the model, dropout and sampling"})
+    device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
+    out: str = field(default="", metadata={"help": "output folder (default runs/<script>_<source>_<target>_s<seed>)"})
+    resume: bool = field(default=False, metadata={"help": "continue from the output folder's checkpoint"})
+    num_segments: int = field(default=5, metadata={"help": "frames sampled per video (K)"})
+    source_list: str = field(default="", metadata={"help": "explicit source train list (overrides --source)"})
+    source_val_list: str = field(default="", metadata={"help": "explicit held-out source list"})
+    target_list: str = field(default="", metadata={"help": "explicit target train list"})
+    val_list: str = field(default="", metadata={"help": "explicit target test list"})
+    class_file: str = field(default="", metadata={"help": "explicit class-index file (any class count)"})
+    skip_bad_videos: bool = field(default=False, metadata={"help": "skip (and list) unreadable videos"})
+    synth_seed: int = field(default=0, metadata={"help": "seed of the synthetic benchmark's data"})
+    synth_dim: int = field(default=128, metadata={"help": "feature width of the synthetic benchmark"})
+
+
+def parse_args(cls, argv=None, description: str = ""):
+    """Build an argparse parser from a dataclass: field `batch_size` -> flag `--batch-size`; bools get --x/--no-x;
+    list fields take several values; `metadata={"choices": ...}` restricts a value."""
+    parser = argparse.ArgumentParser(description=(description or "").split("\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    for f in dataclasses.fields(cls):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        kw = {"default": default, "help": f.metadata.get("help", " ")}
+        if "choices" in f.metadata:
+            kw["choices"] = f.metadata["choices"]
+        kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+        if kind == "bool":
+            kw["action"] = argparse.BooleanOptionalAction
+        elif kind.startswith("list"):
+            kw.update(nargs="+", type=str)
+        else:
+            kw["type"] = {"int": int, "float": float}.get(kind, str)
+        parser.add_argument("--" + f.name.replace("_", "-"), **kw)
+    return cls(**vars(parser.parse_args(argv)))
+
+
+def seed_everything(seed: int):
+    """Seed python, numpy and torch (CPU and CUDA) at once."""
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+    torch.cuda.manual_seed_all(seed)
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
+        fail(f"unknown --device {name!r} (auto, cpu or cuda)")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        fail("--device cuda was asked for but no CUDA GPU is available")
+    return torch.device(name)
+
+
+def _rng_state(generator):
+    return {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+            "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+            "generator": generator.get_state()}
+
+
+def _set_rng_state(state, generator):
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    generator.set_state(state["generator"])
+
+
+def atomic_save(obj, path: str):
+    """torch.save to a temp file, then rename: a run killed mid-write leaves the previous checkpoint intact."""
+    tmp = path + ".tmp"
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+class Run:
+    """Run plumbing shared by every script: data, device, seeding, per-epoch evaluation, outputs, resume.
+    It owns no part of the method: the training step stays in the method file."""
+
+    def __init__(self, args, script: str, with_target_train: bool = True, data: DomainPair = None):
+        self.args, self.script, self.started = args, script, time.time()
+        self.device = pick_device(args.device)
+        self.data = data or load_pair(args, with_target_train)
+        if self.data.source_train.dim != self.data.target_val.dim:
+            fail("source and target features have different widths")
+        seed_everything(args.seed)
+        self.generator = torch.Generator().manual_seed(args.seed)     # batches and frame sampling
+        self.out = args.out or os.path.join("runs", f"{script}_{args.source}_{args.target}_s{args.seed}")
+        os.makedirs(self.out, exist_ok=True)
+        self.history, self.epoch, self._state = [], 0, {}
+        self.extra_time = 0.0
+
+    # -- data access ---------------------------------------------------------------------------------
+    def frames(self, split: Split, videos, mode: str = "center", num_clips: int = 1) -> torch.Tensor:
+        """Sampled frames of a batch on the run's device: (B, K, D), or (B, clips, K, D) for mode='clips'."""
+        lengths = torch.as_tensor(split.lengths)[torch.as_tensor(videos).cpu()]
+        idx = sample_indices(lengths, self.args.num_segments, mode, num_clips, self.generator)
+        return gather_frames(split, videos, idx, self.device)
+
+    def pairs(self, cycle: bool = False, batch_size: int = None) -> list:
+        """This epoch's (source, target) index batches; target batch = batch · n_target / n_source."""
+        b = batch_size or self.args.batch_size
+        n_s, n_t = len(self.data.source_train), len(self.data.target_train)
+        return paired_batches(n_s, n_t, b, target_batch_size(b, n_s, n_t), self.generator, cycle)
+
+    # -- epochs, evaluation, checkpoints -------------------------------------------------------------
+    def epochs(self, state: dict):
+        """Yield epoch numbers 1..E; with --resume, restore `state` (modules/optimizers by name) and skip done ones."""
+        self._state = state
+        path = os.path.join(self.out, "checkpoint.pt")
+        if self.args.resume and os.path.isfile(path):
+            ckpt = torch.load(path, map_location=self.device, weights_only=False)
+            for key, obj in state.items():
+                obj.load_state_dict(ckpt["state"][key])
+            self.history, self.epoch = ckpt["history"], ckpt["epoch"]
+            self.extra_time = ckpt.get("elapsed", 0.0)
+            _set_rng_state(ckpt["rng"], self.generator)
+            print(f"resumed {self.out} at epoch {self.epoch}", file=sys.stderr)
+        for epoch in tqdm(range(self.epoch + 1, self.args.epochs + 1), desc=self.script, unit="epoch",
+                          initial=self.epoch, total=self.args.epochs, leave=False, disable=None):
+            self.epoch = epoch
+            yield epoch
+
+    def end_epoch(self, train_stats: dict, predict, num_clips: int = 1) -> dict:
+        """Evaluate on the held-out source split and the target test list, record the row, write the outputs and
+        an atomic checkpoint. `predict` maps frames (B, K, D) to logits (B, C) (eval mode is the caller's job)."""
+        d, k = self.data, self.args.num_segments
+        src = accuracy_report(predict_split(predict, d.source_val, k, self.device, num_clips), d.source_val.labels,
+                              d.num_classes)
+        tgt = accuracy_report(predict_split(predict, d.target_val, k, self.device, num_clips), d.target_val.labels,
+                              d.num_classes)
+        row = {"epoch": self.epoch, **{k2: float(v) for k2, v in train_stats.items()},
+               "source_val_top1": src["top1"], "target_top1": tgt["top1"], "target_class_mean": tgt["class_mean"],
+               "target_confusion": tgt["confusion"]}
+        self.history.append(row)
+        self._write(final=False)
+        atomic_save({"epoch": self.epoch, "history": self.history, "rng": _rng_state(self.generator),
+                     "elapsed": self.elapsed(), "args": dataclasses.asdict(self.args),
+                     "state": {key: obj.state_dict() for key, obj in self._state.items()}},
+                    os.path.join(self.out, "checkpoint.pt"))
+        return row
+
+    def elapsed(self) -> float:
+        return self.extra_time + time.time() - self.started
+
+    def _write(self, final: bool, extra: dict = None):
+        columns = [c for c in self.history[0] if c != "target_confusion"]
+        with open(os.path.join(self.out, "epochs.csv"), "w", newline="") as f:
+            w = csv.DictWriter(f, columns, extrasaction="ignore")
+            w.writeheader()
+            w.writerows(self.history)
+        metrics = {"script": self.script, "data": self.data.name, "synthetic": self.data.synthetic,
+                   "classes": self.data.class_names, "args": dataclasses.asdict(self.args),
+                   "epochs": [{k: v for k, v in r.items() if k != "target_confusion"} for r in self.history],
+                   "final": select_epochs(self.history), "wall_time_s": round(self.elapsed(), 2),
+                   "complete": final, "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                                                   "numpy": np.__version__}, **(extra or {})}
+        with open(os.path.join(self.out, "metrics.json.tmp"), "w") as f:
+            json.dump(metrics, f, indent=1)
+        os.replace(os.path.join(self.out, "metrics.json.tmp"), os.path.join(self.out, "metrics.json"))
+        return metrics
+
+    def finish(self, extra: dict = None) -> dict:
+        """Write the final metrics.json, print the one-line summary, return the metrics."""
+        if not self.history:
+            fail(f"nothing to report: no epoch ran (--epochs {self.args.epochs}?)")
+        metrics = self._write(final=True, extra=extra)
+        f = metrics["final"]
+        label = "SYNTHETIC " if self.data.synthetic else ""
+        print(f"{self.script} | {label}data {self.data.name} | target top-1: last {100 * f['last']['top1']:.2f} "
+              f"| source-selected {100 * f['source_selected']['top1']:.2f} (ep {f['source_selected']['epoch']}) "
+              f"| oracle {100 * f['oracle']['top1']:.2f} (ep {f['oracle']['epoch']}) "
+              f"| {metrics['wall_time_s']:.1f}s | {self.out}")
+        return metrics
+
+
+# ==== `python data.py info` ==========================================================================
+
+def describe(split: Split, num_classes: int) -> str:
+    counts = np.bincount(split.labels, minlength=num_classes)
+    lengths = split.lengths
+    cached = "packed cache" if "packed cache" in split.origin else ("in memory" if "generated" in split.origin else "-")
+    return (f"{split.name}: {len(split)} videos, {int((counts > 0).sum())} classes, videos per class "
+            f"{counts.min()}-{counts.max()} ({' '.join(map(str, counts))}), frames min/median/max "
+            f"{lengths.min()}/{int(np.median(lengths))}/{lengths.max()}, width {split.dim}, {cached}; "
+            f"from {split.origin}")
+
+
+@dataclass
+class InfoArgs(RunArgs):
+    pass
+
+
+def main(argv=None):
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "info":
+        fail("usage: python data.py info [--source X --target Y --data-root R ...]")
+    args = parse_args(InfoArgs, argv[1:], "Describe a source/target pair (default: the synthetic benchmark).")
+    pair = load_pair(args)
+    print(f"data: {pair.name}{' (SYNTHETIC benchmark)' if pair.synthetic else ''}; {pair.num_classes} classes")
+    for split in (pair.source_train, pair.source_val, pair.target_train, pair.target_val):
+        print("  " + describe(split, pair.num_classes))
+    print(f"  target batch for source batch {args.batch_size}: "
+          f"{target_batch_size(args.batch_size, len(pair.source_train), len(pair.target_train))}")
+
+
+if __name__ == "__main__":
+    main()
