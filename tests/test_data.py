@@ -339,9 +339,9 @@ def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path):
     assert resumed["final"] == full["final"]
 
 
-def test_same_seed_same_metrics_and_parse_args_flags():
-    a = toy_main(["--epochs", "1", "--synth-dim", "8", "--out", "/tmp/vidda-test-seed-a"])
-    b = toy_main(["--epochs", "1", "--synth-dim", "8", "--out", "/tmp/vidda-test-seed-b"])
+def test_same_seed_same_metrics_and_parse_args_flags(tmp_path):
+    a = toy_main(["--epochs", "1", "--synth-dim", "8", "--out", str(tmp_path / "a")])
+    b = toy_main(["--epochs", "1", "--synth-dim", "8", "--out", str(tmp_path / "b")])
     assert a["epochs"] == b["epochs"]
     args = data.parse_args(ToyArgs, ["--batch-size", "7", "--no-resume", "--skip-bad-videos", "--hidden", "3"])
     assert (args.batch_size, args.resume, args.skip_bad_videos, args.hidden) == (7, False, True, 3)
