@@ -524,7 +524,10 @@ def select_epochs(history: list) -> dict:
         return {"rule": rule, "epoch": row["epoch"], "top1": row["target_top1"],
                 "class_mean": row["target_class_mean"], "confusion": row["target_confusion"]}
     last = history[-1]
-    chosen = max(history, key=lambda r: (r["source_val_top1"], -r["epoch"]))
+    # Ties on source accuracy are common (held-out source accuracy saturates early): take the LATEST tied
+    # epoch, the one trained longest under the same evidence. The oracle keeps the earliest tie, as the
+    # official code's `if prec1 > best_prec1` does.
+    chosen = max(history, key=lambda r: (r["source_val_top1"], r["epoch"]))
     oracle = max(history, key=lambda r: (r["target_top1"], -r["epoch"]))
     return {"last": pick(last, "last epoch"), "source_selected": pick(chosen, "best held-out source accuracy"),
             "oracle": pick(oracle, "best target test accuracy (oracle, for comparison with papers)")}

@@ -186,9 +186,11 @@ def test_accuracy_report_by_hand():
 
 def test_select_epochs_last_source_selected_oracle():
     rows = [{"epoch": e, "source_val_top1": s, "target_top1": t, "target_class_mean": t, "target_confusion": []}
-            for e, s, t in [(1, 0.5, 0.4), (2, 0.9, 0.5), (3, 0.7, 0.8), (4, 0.9, 0.6)]]
+            for e, s, t in [(1, 0.5, 0.4), (2, 0.9, 0.5), (3, 0.7, 0.8), (4, 0.9, 0.6), (5, 0.6, 0.8)]]
     f = data.select_epochs(rows)
-    assert (f["last"]["epoch"], f["source_selected"]["epoch"], f["oracle"]["epoch"]) == (4, 2, 3)
+    # source ties (epochs 2 and 4) go to the latest; oracle ties (epochs 3 and 5) to the earliest
+    assert (f["last"]["epoch"], f["source_selected"]["epoch"], f["oracle"]["epoch"]) == (5, 4, 3)
+    assert f["source_selected"]["top1"] == 0.6
     assert f["oracle"]["top1"] == 0.8 and "oracle" in f["oracle"]["rule"]
 
 

@@ -1,0 +1,9 @@
+"""Triton kernels for vidda. `relation_attention` fuses TA3N's temporal relation module and domain attention."""
+from .relation import (
+    official_loop_reference,
+    relation_attention,
+    relation_attention_reference,
+    relation_tuples,
+)
+
+__all__ = ["relation_tuples", "relation_attention", "relation_attention_reference", "official_loop_reference"]
