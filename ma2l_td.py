@@ -1,0 +1,429 @@
+"""MA2L-TD: Multi-level Attentive Adversarial Learning with Temporal Dilation, on pre-extracted frame features.
+
+Peipeng Chen, Yuan Gao, Andy J. Ma: "Multi-level Attentive Adversarial Learning with Temporal Dilation for
+Unsupervised Video Domain Adaptation", WACV 2022 (official code github.com/justchenpp/MA2L-TD). The default follows
+the paper; the released code's behaviour is available by flags (../shared/reference/methods.md §1).
+
+    python ma2l_td.py                                    # SYNTHETIC benchmark synth-a -> synth-b (53 frames, 5 levels)
+    python ma2l_td.py --source ucf --target hmdb --data-root DATA      # UCF-HMDB_full, U→H
+    python ma2l_td.py --levels 4                         # 23 frames, 4 levels (the paper's small benchmarks)
+
+K frames are encoded to level 1 (f^1_1..f^1_K). Level m+1 is built from level m by an attentive temporally-dilated
+aggregation: slot j of level m+1 pools the q level-m vectors j, j+d_m, .., j+(q-1)d_m with weights from their own
+slot discriminators, plus a dilated 1-D convolution. Every slot of every level has its own domain discriminator;
+the levels' losses are weighted by level-wise attention. Only the classifier (mean of f^1) is used at test time.
+
+Geometry: d_1 = 1, d_m = (q-1)·d_{m-1} + 1, k_{m+1} = k_m - (q-1)·d_m, k_M = 1, so K = k_1 = 1 + (q-1)·Σ d_m:
+q=3, M=5: d = 1, 3, 7, 15 and slots 53 -> 51 -> 45 -> 31 -> 1 (181 slot discriminators; 128 without level 1).
+
+Paper -> code   (shapes: B batch (source + target), K = k_1 frames, k_m slots of level m, D input width,
+                 C bottleneck width (256), q kernel size, h discriminator hidden width, M levels)
+  Eq. (1)   L_s = CE(C(mean_j f^1_j), y)                          class_loss()
+  Eq. (2)   L_t = mean_b −Σ_c p log p  (target)                   target_entropy_loss()
+  Eq. (3)   L^m = red_j L_b(D^m_j(f^m_j), d)   (B, k_m) per slot  slot_domain_losses(), SlotDiscriminators
+  Eq. (5)   F^m = mean_j f^m_j                                    MA2LTD.adapt()
+  Eq. (6)   l^m = L_b(𝒟^m(F^m), d)                                level_attention()
+  Eq. (7)   ω^m = l^m / Σ_m l^m   (per sample)                    level_attention()
+  Eq. (8)   L_adv = Σ_m ω^m L^m   (mean over B)                   adversarial_loss()
+  Eq. (9)   min_{D,A} L_adv;  min_{C,mlp} L_s + L_t − L_adv       GRL(λ) at the aggregator input; train_step()
+  Eq. (10)  f^{m+1}_j = AttPool(S^m_j) + H^m(S^m_j)               DilatedAggregation
+  Eq. (11)  ℓ^m_{j+s·d} = L_b(D^m_{j+s·d}(f^m_{j+s·d}), d)        = the per-slot losses of Eq. (3), detached
+  Eq. (12)  w = ℓ / Σ_s ℓ;  f^{m+1}_j = H + Σ_s w_s f^m_{j+s·d}   attpool_weights(), DilatedAggregation
+  L_b is BCE with logits, domain label d = 0 source, 1 target (official DomainBCE).
+
+Where the official code differs from the paper (reference §1.3-1.4); default = paper unless said otherwise
+ 1. AttPool (Eqs. 11-12) is absent in the code: the taps get 1/q (--attn-pool uniform).
+ 2. Level attention: the code uses the binary entropy of an untrained linear probe (detached; the probe never gets
+    a gradient) (--level-attn code). Paper: a Linear(C, 1) 𝒟^m trained with BCE on the detached F^m; l^m is its
+    detached BCE against d. Both are normalised per sample (code).
+ 3. Level 1 (frames) has slot discriminators in the paper, not in the code (--no-frame-level-discriminators).
+    Without them the level-1 AttPool has no ℓ to use and falls back to 1/q.
+ 4. The slot loss is a sum over j in the paper and a mean in the code; the mean is the default (the 51-slot level
+    would dominate otherwise) (--slot-reduction sum).
+ 5. lr 3e-4 "with decay" (paper) vs 3e-5, never decayed (code, pass --lr 3e-5 --lr-decay-epoch 0). Schedule not
+    given: ×0.1 at 2/3 of the epochs. Adam, weight decay 5e-4 (code).
+ 6. L_t weight 1 (paper) vs 1/C (code's HLoss averages over classes): --entropy-weight.
+ 7. The code trains on 5 random 53-frame clips per video and averages 5 clips at test (--train-clips 5; test:
+    --test-clips, evenly shifted centred clips from data.py).
+ 8. GRL: the paper gives no coefficient; the code puts one GRL in front of the aggregators, ramped per epoch to
+    0.1: λ = 2λ_max/(1 + exp(−10p)) − λ_max (--lambda-max). So the discriminators and the aggregators minimise
+    L_adv and only the frame encoder gets −λ∇L_adv (the code's resolution of the inconsistent Eq. 9).
+ 9. The code selects the best target-test epoch (class-mean accuracy); data.py reports last, source-selected and
+    (labelled) oracle epochs.
+Decided here (paper and code silent): ℓ is detached in Eq. (12) (the weights must not open a gradient path that
+the encoder could game), ε = 1e-6 in its normaliser; H^m = Conv1d(C, C, q, dil d_m) → ReLU → Conv1d(C, C, 1),
+shared by the slots of a level (code); source and target go through the encoder in one batch (joint BN stats).
+
+Ablations (paper Table 4) and options
+  --slot-discriminators shared        w/o individual discriminators (one per level)
+  --aligned-levels frame-video        w/o multi-level alignment: discriminators on level 1 and M only
+                                      (the middle levels are still built, with 1/q pooling)
+  --level-attn none                   w/o level-wise attention (ω^m = 1/#levels)
+  --attn-pool uniform --no-residual-conv   w/o attentive TD aggregation (plain average pooling of the taps)
+  --no-adaptation                     source only: L_s, no target data
+  released code: --attn-pool uniform --level-attn code --no-frame-level-discriminators --entropy-weight 0.0833
+                 --lr 3e-5 --lr-decay-epoch 0 --train-clips 5 --test-clips 5
+  --levels, --kernel-size (q) set K (Table 5); --bottleneck-dim, --disc-hidden shrink the model for CPU runs.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import data
+
+
+@dataclass
+class Args(data.RunArgs):
+    epochs: int = field(default=30, metadata={"help": "training epochs (code: 300 passes over the target list)"})
+    batch_size: int = field(default=32, metadata={"help": "source batch (paper 32); target = batch · n_t / n_s"})
+    lr: float = field(default=3e-4, metadata={"help": "Adam learning rate (paper 3e-4; code 3e-5)"})
+    num_segments: int = field(default=0, metadata={"help": "frames per video K; 0 = derived: 1 + (q−1)·Σ d_m "
+                                                   "(53 for --levels 5 --kernel-size 3)"})
+    levels: int = field(default=5, metadata={"help": "number of levels M (paper: 5 on UCF-HMDB_full, else 4)"})
+    kernel_size: int = field(default=3, metadata={"help": "q, taps per aggregation (paper 3)"})
+    attn_pool: str = field(default="paper", metadata={"help": "AttPool weights: paper (Eqs. 11-12) or uniform "
+                                                      "1/q (official code)", "choices": ["paper", "uniform"]})
+    residual_conv: bool = field(default=True, metadata={"help": "the dilated 1-D convolution H^m of Eq. (10)"})
+    level_attn: str = field(default="paper", metadata={"help": "level weights ω: paper (Eqs. 5-7), code (entropy "
+                                                       "of an untrained probe) or none (equal)",
+                                                       "choices": ["paper", "code", "none"]})
+    frame_level_discriminators: bool = field(default=True, metadata={"help": "slot discriminators on level 1 "
+                                                                     "(paper; the code has none)"})
+    slot_discriminators: str = field(default="individual", metadata={"help": "one discriminator per slot (paper) "
+                                                                     "or one shared per level (Table 4)",
+                                                                     "choices": ["individual", "shared"]})
+    aligned_levels: str = field(default="all", metadata={"help": "levels with discriminators: all, or frame-video "
+                                                         "(level 1 and M, Table 4)", "choices": ["all", "frame-video"]})
+    slot_reduction: str = field(default="mean", metadata={"help": "over the slots of a level: mean (code) or sum "
+                                                          "(paper Eq. 3)", "choices": ["mean", "sum"]})
+    adaptation: bool = field(default=True, metadata={"help": "--no-adaptation: source only (L_s alone)"})
+    bottleneck_dim: int = field(default=256, metadata={"help": "C, width of f (code 256)"})
+    disc_hidden: int = field(default=1024, metadata={"help": "hidden width h of each slot discriminator (code 1024)"})
+    dropout: float = field(default=0.5, metadata={"help": "encoder dropout (code 0.5)"})
+    disc_dropout: float = field(default=0.2, metadata={"help": "slot discriminator dropout (code 0.2)"})
+    entropy_weight: float = field(default=1.0, metadata={"help": "weight of L_t (paper 1; code 1/C)"})
+    lambda_max: float = field(default=0.1, metadata={"help": "GRL ramp maximum (code adv_coeff 0.1)"})
+    weight_decay: float = field(default=5e-4, metadata={"help": "Adam weight decay (code 5e-4)"})
+    lr_decay_epoch: int = field(default=-1, metadata={"help": "lr ×0.1 from this epoch on; −1 = at 2/3 of the "
+                                                      "epochs, 0 = never (code)"})
+    train_clips: int = field(default=1, metadata={"help": "random clips per video per step (code 5)"})
+    test_clips: int = field(default=5, metadata={"help": "evenly shifted clips averaged at test (code 5)"})
+
+
+def level_geometry(levels: int, q: int):
+    """Dilations d_1..d_{M-1} and slots k_1..k_M: d_1 = 1, d_m = (q−1)·d_{m−1} + 1, k_m = k_{m+1} + (q−1)·d_m."""
+    dilations = [1]
+    for _ in range(levels - 2):
+        dilations.append((q - 1) * dilations[-1] + 1)                     # smallest d with no sequential reuse
+    slots = [1]
+    for d in reversed(dilations):
+        slots.insert(0, slots[0] + (q - 1) * d)
+    return dilations, slots
+
+
+def resolve(args: Args) -> Args:
+    """Derived values in one visible block: the frame count from the geometry, the lr decay epoch; bad input fails."""
+    if args.levels < 2:
+        data.fail(f"--levels must be >= 2 (frame and video level), got {args.levels}")
+    if args.kernel_size < 2:
+        data.fail(f"--kernel-size must be >= 2, got {args.kernel_size}")
+    k = level_geometry(args.levels, args.kernel_size)[1][0]
+    if args.num_segments == 0:
+        args.num_segments = k
+    elif args.num_segments != k:
+        data.fail(f"--num-segments {args.num_segments} does not fit {args.levels} levels with kernel size "
+                  f"{args.kernel_size}: they need {k} frames (leave --num-segments at 0)")
+    if args.train_clips < 1 or args.test_clips < 1:
+        data.fail("--train-clips and --test-clips must be >= 1")
+    if not 0 <= args.dropout < 1 or not 0 <= args.disc_dropout < 1:
+        data.fail("--dropout and --disc-dropout must be in [0, 1)")
+    if args.lr_decay_epoch < 0:
+        args.lr_decay_epoch = max(1, round(2 * args.epochs / 3) + 1)     # ×0.1 after 2/3 of the epochs
+    return args
+
+
+# ---- method: MA2L-TD (Chen, Gao, Ma) ----
+# == gradient reversal (one, in front of the aggregators; official GradReverseLayer) ==
+
+class GradReverse(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x, lambd: float):
+        ctx.lambd = lambd
+        return x.view_as(x)                                                       # identity forward
+
+    @staticmethod
+    def backward(ctx, grad):
+        return -ctx.lambd * grad, None                                            # −λ · grad
+
+
+def grad_reverse(x, lambd: float):
+    return GradReverse.apply(x, lambd)
+
+
+def grl_coefficient(epoch: int, epochs: int, lambda_max: float) -> float:
+    """Official ramp, once per epoch: p = (epoch − 1)/epochs, λ = 2λ_max/(1 + e^{−10p}) − λ_max (0 at epoch 1)."""
+    p = (epoch - 1) / epochs
+    return 2 * lambda_max / (1 + math.exp(-10 * p)) - lambda_max
+
+
+# == frame encoder (θ_mlp) and classifier C ==
+
+class FrameEncoder(nn.Module):
+    """Official FeatureEncoder, per frame: Linear → BN → ReLU → Dropout → Linear → BN → ReLU. (B, K, D) -> (B, K, C)."""
+
+    def __init__(self, in_dim: int, dim: int, dropout: float):
+        super().__init__()
+        self.fc1, self.bn1 = nn.Linear(in_dim, dim), nn.BatchNorm1d(dim)
+        self.fc2, self.bn2 = nn.Linear(dim, dim), nn.BatchNorm1d(dim)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x):
+        b, k, _ = x.shape
+        h = self.dropout(F.relu(self.bn1(self.fc1(x.flatten(0, 1)))))            # (B·K, C): BN over all frames
+        return F.relu(self.bn2(self.fc2(h))).view(b, k, -1)                       # (B, K, C)
+
+
+# == attentive temporally-dilated aggregation (Fig. 4) ==
+
+def dilated_taps(x, q: int, dilation: int):
+    """S^m_j for every j: x (B, k, ...) -> (B, k − (q−1)·d, q, ...), tap s of slot j = x[:, j + s·d]."""
+    span = (q - 1) * dilation + 1
+    taps = x.unfold(1, span, 1)[..., ::dilation]                                  # (B, k', ..., q)
+    return taps.movedim(-1, 2)                                                    # (B, k', q, ...)
+
+
+def attpool_weights(slot_losses, q: int, dilation: int, eps: float = 1e-6):
+    """Eq. (12): w_{j,s} = ℓ_{j+s·d} / Σ_s ℓ_{j+s·d}; slot_losses (B, k) detached ℓ of Eq. (11) -> (B, k', q)."""
+    ell = dilated_taps(slot_losses, q, dilation) + eps                           # (B, k', q)
+    return ell / ell.sum(-1, keepdim=True)                                        # Eq. (12)
+
+
+class DilatedAggregation(nn.Module):
+    """A^m: level m (B, k, C) -> level m+1 (B, k − (q−1)·d, C), Eq. (10)/(12). w (B, k', q) or None for 1/q."""
+
+    def __init__(self, dim: int, q: int, dilation: int, residual_conv: bool):
+        super().__init__()
+        self.q, self.dilation = q, dilation
+        self.conv = nn.Sequential(nn.Conv1d(dim, dim, q, dilation=dilation), nn.ReLU(),
+                                  nn.Conv1d(dim, dim, 1)) if residual_conv else None     # H^m, shared over j
+
+    def forward(self, x, w=None):
+        taps = dilated_taps(x, self.q, self.dilation)                             # (B, k', q, C)
+        pooled = taps.mean(2) if w is None else (w.unsqueeze(-1) * taps).sum(2)  # Eq. (12) AttPool: (B, k', C)
+        if self.conv is not None:
+            pooled = pooled + self.conv(x.transpose(1, 2)).transpose(1, 2)       # Eq. (10): + H^m(S^m_j)
+        return pooled
+
+
+# == domain discriminators: one per slot, batched (stacked weights, one bmm per layer) ==
+
+class SlotDiscriminators(nn.Module):
+    """D^m_j for the k slots of a level: Linear(C, h) → ReLU → Dropout → Linear(h, h) → ReLU → Dropout → Linear(h, 1)
+    each (official Discriminator), weights stacked (n, out, in) in nn.Linear layout with n = k (individual) or 1
+    (shared). Same init as nn.Linear. forward: x (B, k, C) -> logits (B, k)."""
+
+    def __init__(self, num_slots: int, dim: int, hidden: int, dropout: float, shared: bool = False):
+        super().__init__()
+        n = 1 if shared else num_slots
+        self.shared, self.dropout = shared, dropout
+        self.weights, self.biases = nn.ParameterList(), nn.ParameterList()
+        for fan_in, fan_out in ((dim, hidden), (hidden, hidden), (hidden, 1)):
+            bound = 1 / math.sqrt(fan_in)                                         # nn.Linear's default init
+            self.weights.append(nn.Parameter(torch.empty(n, fan_out, fan_in).uniform_(-bound, bound)))
+            self.biases.append(nn.Parameter(torch.empty(n, 1, fan_out).uniform_(-bound, bound)))
+
+    def forward(self, x):
+        b, k, c = x.shape
+        h = x.reshape(1, b * k, c) if self.shared else x.transpose(0, 1)          # (1, B·k, C) or (k, B, C)
+        for i, (w, bias) in enumerate(zip(self.weights, self.biases)):
+            h = torch.baddbmm(bias, h, w.transpose(1, 2))                         # (n, rows, out)
+            if i < 2:
+                h = F.dropout(F.relu(h), self.dropout, self.training)
+        return h.reshape(b, k) if self.shared else h.squeeze(-1).transpose(0, 1)  # (B, k)
+
+
+# == the network (Fig. 2-3) ==
+
+class MA2LTD(nn.Module):
+    """encode (B, K, D) -> f^1 (B, K, C); classify f^1 -> logits (B, C); adapt(f^1, domain, λ) -> the adaptation
+    branch's per-slot losses, level logits and AttPool weights."""
+
+    def __init__(self, in_dim: int, num_classes: int, args: Args):
+        super().__init__()
+        self.q, self.attn_pool, self.level_attn = args.kernel_size, args.attn_pool, args.level_attn
+        self.dilations, self.slots = level_geometry(args.levels, args.kernel_size)
+        c = args.bottleneck_dim
+        self.encoder = FrameEncoder(in_dim, c, args.dropout)                      # θ_mlp
+        self.classifier = nn.Linear(c, num_classes)                               # C
+        levels = range(args.levels)
+        if args.aligned_levels == "frame-video":
+            levels = [0, args.levels - 1]
+        self.aligned = [m for m in levels if m > 0 or args.frame_level_discriminators]   # 0-based level indices
+        if not args.adaptation:
+            self.aligned = []
+            return
+        self.aggregators = nn.ModuleList(DilatedAggregation(c, self.q, d, args.residual_conv)
+                                         for d in self.dilations)                 # A^m, θ_a
+        self.slot_discriminators = nn.ModuleDict({
+            str(m): SlotDiscriminators(self.slots[m], c, args.disc_hidden, args.disc_dropout,
+                                       shared=args.slot_discriminators == "shared") for m in self.aligned})
+        if args.level_attn != "none":
+            self.level_discriminators = nn.ModuleDict({str(m): nn.Linear(c, 1) for m in self.aligned})   # 𝒟^m
+            if args.level_attn == "code":       # official NDiscriminator: xavier-normal probe that is never trained
+                for probe in self.level_discriminators.values():
+                    nn.init.xavier_normal_(probe.weight)
+                    probe.requires_grad_(False)
+
+    def encode(self, x):
+        return self.encoder(x)                                                    # (B, K, C)
+
+    def classify(self, f):
+        return self.classifier(f.mean(1))                                         # Eq. (1)-(2) input: (B, classes)
+
+    def adapt(self, f, domain, lambd: float) -> dict:
+        """f (B, K, C) level 1, domain (B,) float 0/1. Returns slot_losses {m: (B, k_m)}, level_logits {m: (B,)}
+        computed on detached F^m, attpool {m: (B, k_{m+1}, q) or None}."""
+        out = {"slot_losses": {}, "level_logits": {}, "attpool": {}}
+        x = grad_reverse(f, lambd)                              # Eq. (9): aggregators + D minimise, encoder maximises
+        for m in range(len(self.slots)):
+            if m in self.aligned:
+                logits = self.slot_discriminators[str(m)](x)                      # (B, k_m)
+                out["slot_losses"][m] = slot_domain_losses(logits, domain)       # Eq. (3) / (11): (B, k_m)
+                if self.level_attn != "none":
+                    out["level_logits"][m] = self.level_discriminators[str(m)](x.mean(1).detach()).squeeze(-1)  # Eq. (5)
+            if m == len(self.slots) - 1:
+                break
+            w = None                                                              # 1/q: code, or no ℓ at this level
+            if self.attn_pool == "paper" and m in self.aligned:
+                w = attpool_weights(out["slot_losses"][m].detach(), self.q, self.dilations[m])   # Eq. (12): (B, k', q)
+            out["attpool"][m] = w
+            x = self.aggregators[m](x, w)                                         # Eq. (10): (B, k_{m+1}, C)
+        return out
+
+
+# == losses, one per equation ==
+
+def class_loss(logits_s, labels_s):
+    return F.cross_entropy(logits_s, labels_s)                                    # Eq. (1)
+
+
+def target_entropy_loss(logits_t):
+    log_p = F.log_softmax(logits_t, -1)
+    return -(log_p.exp() * log_p).sum(-1).mean()                                  # Eq. (2): mean_b −Σ_c p log p
+
+
+def slot_domain_losses(logits, domain):
+    """Per-slot BCE L_b(D^m_j(f^m_j), d): logits (B, k), domain (B,) -> (B, k), unreduced (Eqs. 3 and 11)."""
+    return F.binary_cross_entropy_with_logits(logits, domain[:, None].expand_as(logits), reduction="none")
+
+
+def level_attention(level_logits: dict, domain, mode: str, levels: list):
+    """Eqs. (6)-(7): ω (B, #levels), per sample, detached. paper: l^m = BCE(𝒟^m(F^m), d); code: binary entropy
+    of the probe's sigmoid; none: equal weights."""
+    if mode == "none":
+        return domain.new_full((len(domain), len(levels)), 1 / len(levels))
+    z = torch.stack([level_logits[m] for m in levels], 1).detach()               # (B, #levels)
+    if mode == "paper":
+        ell = F.binary_cross_entropy_with_logits(z, domain[:, None].expand_as(z), reduction="none")   # Eq. (6)
+    else:
+        p = torch.sigmoid(z)
+        ell = F.binary_cross_entropy_with_logits(z, p, reduction="none")        # official: H(p), the entropy
+    return ell / ell.sum(1, keepdim=True).clamp_min(1e-12)                        # Eq. (7)
+
+
+def adversarial_loss(slot_losses: dict, omega, levels: list, reduction: str = "mean"):
+    """Eq. (8): L_adv = mean_b Σ_m ω^m_b · L^m_b, L^m_b = mean_j (code) or Σ_j (paper Eq. 3) of ℓ^m_{b,j}."""
+    per_level = torch.stack([getattr(slot_losses[m], reduction)(1) for m in levels], 1)   # Eq. (3): (B, #levels)
+    return (omega * per_level).sum(1).mean()                                      # Eq. (8)
+
+
+def level_discriminator_loss(level_logits: dict, domain):
+    """Trains 𝒟^m (paper mode) on the detached F^m: Σ_m BCE(𝒟^m(F^m), d)."""
+    return sum(F.binary_cross_entropy_with_logits(z, domain) for z in level_logits.values())
+
+
+# == training ==
+
+def train_step(model, optimizer, args, x_s, y_s, x_t, lambd: float) -> dict:
+    """One Adam step: x_s (B_s, K, D), y_s (B_s,), x_t (B_t, K, D) or None (source only)."""
+    b_s = len(x_s)
+    f = model.encode(x_s if x_t is None else torch.cat([x_s, x_t]))              # (B_s + B_t, K, C)
+    logits = model.classify(f)
+    losses = {"loss_s": class_loss(logits[:b_s], y_s)}                            # Eq. (1)
+    total = losses["loss_s"]
+    if x_t is not None:
+        losses["loss_t"] = target_entropy_loss(logits[b_s:])                      # Eq. (2)
+        domain = torch.cat([f.new_zeros(b_s), f.new_ones(len(x_t))])              # d: source 0, target 1
+        out = model.adapt(f, domain, lambd)
+        omega = level_attention(out["level_logits"], domain, args.level_attn, model.aligned)   # (B, #levels)
+        losses["loss_adv"] = adversarial_loss(out["slot_losses"], omega, model.aligned, args.slot_reduction)
+        # Eq. (9): every term added; the GRL gives the encoder −λ∇L_adv
+        total = total + args.entropy_weight * losses["loss_t"] + losses["loss_adv"]
+        if args.level_attn == "paper":
+            losses["loss_level"] = level_discriminator_loss(out["level_logits"], domain)
+            total = total + losses["loss_level"]
+        for i, m in enumerate(model.aligned):
+            losses[f"omega_{m + 1}"] = omega[:, i].mean()                         # level weights, 1-based level
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    optimizer.step()
+    losses["loss"] = total
+    return {k: v.detach() for k, v in losses.items()}
+
+
+def train_one_epoch(model, optimizer, run, args, epoch: int) -> dict:
+    d, c = run.data, args.train_clips
+    lambd = grl_coefficient(epoch, args.epochs, args.lambda_max)
+    lr = args.lr * (0.1 if args.lr_decay_epoch and epoch >= args.lr_decay_epoch else 1.0)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    model.train()
+    sums, count, started = {}, 0, time.perf_counter()
+    for idx_s, idx_t in run.pairs():
+        # c random TSN clips per video, flattened into the batch: the code's Σ_clips(...)/5 is the same mean
+        x_s = run.frames(d.source_train, idx_s.repeat_interleave(c), mode="random")   # (B_s·c, K, D)
+        y_s = torch.as_tensor(d.source_train.labels[idx_s]).repeat_interleave(c).to(run.device)
+        x_t = run.frames(d.target_train, idx_t.repeat_interleave(c), mode="random") if args.adaptation else None
+        stats = train_step(model, optimizer, args, x_s, y_s, x_t, lambd)
+        for k, v in stats.items():
+            sums[k] = sums.get(k, 0) + v
+        count += 1
+    return {**{k: float(v) / count for k, v in sums.items()}, "lambda": lambd, "lr": lr,
+            "train_time_s": time.perf_counter() - started}
+
+
+def build(args, in_dim: int, num_classes: int, device="cpu"):
+    model = MA2LTD(in_dim, num_classes, args).to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=args.lr, weight_decay=args.weight_decay)
+    return model, optimizer
+
+
+def geometry_report(model) -> dict:
+    slot_params = sum(p.numel() for n, p in model.named_parameters() if n.startswith("slot_discriminators"))
+    return {"dilations": model.dilations, "slots": model.slots, "aligned_levels": [m + 1 for m in model.aligned],
+            "slot_discriminators": sum(model.slots[m] for m in model.aligned),
+            "slot_discriminator_params": slot_params, "params": sum(p.numel() for p in model.parameters())}
+
+
+def main(argv=None) -> dict:
+    args = resolve(data.parse_args(Args, argv, __doc__))
+    # ---- run plumbing (identical in every script; see data.py) ----
+    run = data.Run(args, script="ma2l_td", with_target_train=True)        # source only: target unused
+    d = run.data
+    model, optimizer = build(args, d.source_train.dim, d.num_classes, run.device)
+    for epoch in run.epochs(state={"model": model, "optimizer": optimizer}):
+        stats = train_one_epoch(model, optimizer, run, args, epoch)
+        model.eval()
+        run.end_epoch(stats, predict=lambda x: model.classify(model.encode(x)), num_clips=args.test_clips)
+    return run.finish(extra={"geometry": geometry_report(model)})
+
+
+if __name__ == "__main__":
+    main()
