@@ -366,6 +366,10 @@ def load_pair(args, with_target_train: bool = True) -> DomainPair:
     """Resolve --source/--target (named datasets, synthetic domains or explicit list flags) into splits."""
     source, target = args.source, args.target
     explicit = {"source_list": args.source_list, "target_list": args.target_list, "val_list": args.val_list}
+    known = sorted(DOMAIN_DIRS) + sorted(SYNTHETIC_DOMAINS)
+    for flag, name in (("--source", source), ("--target", target)):
+        if not any(explicit.values()) and name not in known:
+            fail(f"unknown {flag} {name!r} (choose from {', '.join(known)}, or pass explicit --*-list files)")
     synthetic = source in SYNTHETIC_DOMAINS and not any(explicit.values())
     if synthetic != (target in SYNTHETIC_DOMAINS) and not any(explicit.values()):
         fail(f"cannot pair {source!r} with {target!r}: both must be synthetic (synth-a/b/c) or both real")
@@ -630,6 +634,10 @@ class Run:
 
     def __init__(self, args, script: str, with_target_train: bool = True, data: DomainPair = None):
         self.args, self.script, self.started = args, script, time.time()
+        for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--lr", args.lr),
+                            ("--num-segments", args.num_segments), ("--synth-dim", args.synth_dim)):
+            if not value > 0:
+                fail(f"{flag} must be positive, got {value}")
         self.device = pick_device(args.device)
         self.data = data or load_pair(args, with_target_train)
         if self.data.source_train.dim != self.data.target_val.dim:

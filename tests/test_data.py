@@ -347,3 +347,17 @@ def test_same_seed_same_metrics_and_parse_args_flags(tmp_path):
     assert a["epochs"] == b["epochs"]
     args = data.parse_args(ToyArgs, ["--batch-size", "7", "--no-resume", "--skip-bad-videos", "--hidden", "3"])
     assert (args.batch_size, args.resume, args.skip_bad_videos, args.hidden) == (7, False, True, 3)
+
+
+def test_unknown_domain_names_fail_with_one_line():
+    code, err = run_info("--source", "ucff", "--target", "hmdb")
+    assert code != 0 and "Traceback" not in err
+    assert err.strip() == ("error: unknown --source 'ucff' (choose from gameplay, hmdb, kinetics, olympic, ucf, "
+                           "synth-a, synth-b, synth-c, or pass explicit --*-list files)")
+
+
+@pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--batch-size", "-3"), ("--lr", "0"),
+                                        ("--num-segments", "0")])
+def test_run_rejects_non_positive_shared_flags(tmp_path, flag, value):
+    with pytest.raises(SystemExit, match=f"error: {flag} must be positive, got {value}"):
+        toy_main(["--synth-dim", "8", "--out", str(tmp_path), flag, value])
