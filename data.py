@@ -203,7 +203,10 @@ def load_split(list_path: str, num_classes: int, data_root: str, cache_dir: str,
     if os.path.isfile(meta_path) and os.path.isfile(array_path):
         with open(meta_path) as f:
             meta = json.load(f)
-        if meta.get("fingerprint") == fingerprint:
+        # a cache packed with --skip-bad-videos that dropped videos is not reused without that flag: repacking
+        # then stops at the bad video with its one-line error
+        complete = skip_bad_videos or len(meta.get("videos", [])) == len(dirs)
+        if meta.get("fingerprint") == fingerprint and complete:
             features = np.load(array_path, mmap_mode="r")
             return Split(name, features, np.array(meta["offsets"], dtype=np.int64),
                          np.array(meta["lengths"], dtype=np.int64), np.array(meta["labels"], dtype=np.int64),
@@ -366,6 +369,8 @@ def load_pair(args, with_target_train: bool = True) -> DomainPair:
     """Resolve --source/--target (named datasets, synthetic domains or explicit list flags) into splits."""
     source, target = args.source, args.target
     explicit = {"source_list": args.source_list, "target_list": args.target_list, "val_list": args.val_list}
+    if not with_target_train:                       # domain generalization: the target train list is never read
+        explicit.pop("target_list")
     known = sorted(DOMAIN_DIRS) + sorted(SYNTHETIC_DOMAINS)
     for flag, name in (("--source", source), ("--target", target)):
         if not any(explicit.values()) and name not in known:
@@ -402,7 +407,8 @@ def load_pair(args, with_target_train: bool = True) -> DomainPair:
     lists = {
         "source_train": args.source_list or official_list(args.data_root, source, "train", setting),
         "source_val": args.source_val_list or (official_list(args.data_root, source, "val", setting) if setting else ""),
-        "target_train": args.target_list or official_list(args.data_root, target, "train", setting),
+        "target_train": (args.target_list or official_list(args.data_root, target, "train", setting))
+        if with_target_train else "",
         "target_val": args.val_list or official_list(args.data_root, target, "val", setting),
     }
     if not lists["source_val"]:
@@ -585,6 +591,7 @@ def parse_args(cls, argv=None, description: str = ""):
         else:
             kw["type"] = {"int": int, "float": float}.get(kind, str)
         parser.add_argument("--" + f.name.replace("_", "-"), **kw)
+    parser.error = lambda message: fail(f"{message} (see --help)")          # one line, no usage block
     return cls(**vars(parser.parse_args(argv)))
 
 
@@ -628,6 +635,9 @@ def atomic_save(obj, path: str):
     os.replace(tmp, path)
 
 
+RESUMABLE = {"resume", "epochs", "out", "device"}     # flags that may differ between a run and its resumption
+
+
 class Run:
     """Run plumbing shared by every script: data, device, seeding, per-epoch evaluation, outputs, resume.
     It owns no part of the method: the training step stays in the method file."""
@@ -638,6 +648,9 @@ class Run:
                             ("--num-segments", args.num_segments), ("--synth-dim", args.synth_dim)):
             if not value > 0:
                 fail(f"{flag} must be positive, got {value}")
+        for flag, value in (("--seed", args.seed), ("--synth-seed", args.synth_seed)):
+            if not 0 <= value < 2 ** 32:
+                fail(f"{flag} must be in [0, 2^32), got {value}")
         self.device = pick_device(args.device)
         self.data = data or load_pair(args, with_target_train)
         if self.data.source_train.dim != self.data.target_val.dim:
@@ -668,9 +681,21 @@ class Run:
         self._state = state
         path = os.path.join(self.out, "checkpoint.pt")
         if self.args.resume and os.path.isfile(path):
-            ckpt = torch.load(path, map_location=self.device, weights_only=False)
-            for key, obj in state.items():
-                obj.load_state_dict(ckpt["state"][key])
+            try:
+                ckpt = torch.load(path, map_location=self.device, weights_only=False)
+            except Exception as e:
+                fail(f"cannot read {path} ({type(e).__name__}); delete it or drop --resume")
+            # the checkpoint must come from the same configuration (only these may change on resume)
+            now, then = dataclasses.asdict(self.args), ckpt.get("args", {})
+            changed = sorted(k for k in now if k not in RESUMABLE and now[k] != then.get(k))
+            if changed:
+                fail(f"{path} was written with other settings ({', '.join('--' + k.replace('_', '-') for k in changed)}"
+                     f"); use another --out or the same flags")
+            try:
+                for key, obj in state.items():
+                    obj.load_state_dict(ckpt["state"][key])
+            except (KeyError, RuntimeError, ValueError) as e:
+                fail(f"{path} does not match this model ({type(e).__name__}); use another --out")
             self.history, self.epoch = ckpt["history"], ckpt["epoch"]
             self.extra_time = ckpt.get("elapsed", 0.0)
             _set_rng_state(ckpt["rng"], self.generator)

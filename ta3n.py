@@ -68,6 +68,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 import time
 from dataclasses import dataclass, field
 
@@ -76,6 +77,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+import kernels
 from kernels import relation_attention, relation_tuples
 
 DISCRIMINATORS = ("frame", "relation", "video")
@@ -168,6 +170,11 @@ def resolve(args: Args) -> Args:
     cuda = data.pick_device(args.device).type == "cuda"
     if args.kernel == "auto":
         args.kernel = "triton" if cuda else "torch"
+        if cuda:   # the compiled kernels are checked against the reference once before they train anything
+            ok, message = kernels.self_check(data.pick_device(args.device))
+            if not ok:
+                print(f"warning: Triton self-check failed ({message}); using the PyTorch reference", file=sys.stderr)
+                args.kernel = "torch"
     elif args.kernel == "triton" and not cuda and not interpret:
         data.fail("--kernel triton needs a CUDA device (or TRITON_INTERPRET=1 for the slow CPU interpreter)")
     return args

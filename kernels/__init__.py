@@ -4,6 +4,7 @@ from .relation import (
     relation_attention,
     relation_attention_reference,
     relation_tuples,
+    self_check,
 )
 
-__all__ = ["relation_tuples", "relation_attention", "relation_attention_reference", "official_loop_reference"]
+__all__ = ["relation_tuples", "relation_attention", "relation_attention_reference", "official_loop_reference", "self_check"]

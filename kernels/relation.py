@@ -514,3 +514,32 @@ def relation_attention(frames, tuples, relation_weights, discriminator_weights, 
     if discriminator_weights is None:
         return h, None, relations, None
     return h, weights, relations, logits
+
+
+def self_check(device, dtype=torch.float32, rtol=1e-3, atol=1e-4):
+    """Run the Triton op and the reference on one small random case (T = 5, official table, odd sizes) on
+    `device` and compare every output and every gradient. Returns (ok, message); never raises. ta3n.py calls it
+    before its first CUDA step so that `--kernel auto` falls back to the reference when the compiled kernels
+    misbehave on an untested GPU or Triton version."""
+    try:
+        g = torch.Generator().manual_seed(0)
+        B, T, D, H, HD = 3, 5, 24, 40, 24
+        tuples = relation_tuples(T)
+        rand = lambda *s: (torch.randn(*s, generator=g) * 0.3).to(device, dtype).requires_grad_()
+        frames = rand(B, T, D)
+        rel = [(rand(H, t.shape[1] * D), rand(H)) for t in tuples]
+        disc = [(rand(HD, H), rand(HD), rand(2, HD), rand(2)) for _ in tuples]
+        leaves = [frames] + [p for pair in rel for p in pair] + [p for quad in disc for p in quad]
+        results = []
+        for backend in ("triton", "torch"):
+            outs = relation_attention(frames, tuples, rel, disc, 0.75, backend=backend)
+            upstream = torch.Generator().manual_seed(1)
+            loss = sum((o.float() * torch.randn(o.shape, generator=upstream).to(device)).sum() for o in outs)
+            grads = torch.autograd.grad(loss, leaves)
+            results.append([o.detach().float().cpu() for o in outs] + [x.float().cpu() for x in grads])
+        for a, b in zip(*results):
+            if not torch.allclose(a, b, rtol=rtol, atol=atol):
+                return False, f"Triton and reference differ by {(a - b).abs().max().item():.3g} on {device}"
+        return True, "ok"
+    except Exception as e:                                 # a compile or launch failure counts as a failed check
+        return False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"

@@ -361,3 +361,51 @@ def test_unknown_domain_names_fail_with_one_line():
 def test_run_rejects_non_positive_shared_flags(tmp_path, flag, value):
     with pytest.raises(SystemExit, match=f"error: {flag} must be positive, got {value}"):
         toy_main(["--synth-dim", "8", "--out", str(tmp_path), flag, value])
+
+
+def test_resume_refuses_other_settings_and_unreadable_checkpoints(tmp_path):
+    common = ["--epochs", "2", "--synth-dim", "8", "--batch-size", "256", "--out", str(tmp_path)]
+    toy_main(common)
+    with pytest.raises(SystemExit, match=r"error: .*checkpoint.pt was written with other settings \(--lr\)"):
+        toy_main(common + ["--resume", "--lr", "0.5"])
+    with pytest.raises(SystemExit, match=r"error: .*does not match this model"):   # same flags, other model
+        args = data.parse_args(ToyArgs, common + ["--resume"])
+        run = data.Run(args, "toy")
+        list(run.epochs({"model": torch.nn.Linear(3, 3)}))
+    (tmp_path / "checkpoint.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(SystemExit, match=r"error: cannot read .*checkpoint.pt"):
+        toy_main(common + ["--resume"])
+    # more epochs on resume is allowed: the run continues from epoch 2 of the first call
+    toy_main(common)
+    m = toy_main(["--epochs", "3"] + common[2:] + ["--resume"])
+    assert [r["epoch"] for r in m["epochs"]] == [1, 2, 3]
+
+
+def test_argparse_errors_are_one_line():
+    p = subprocess.run([sys.executable, os.path.join(REPO, "data.py"), "info", "--epochs", "x"],
+                       capture_output=True, text=True, cwd=REPO)
+    assert p.returncode != 0 and p.stderr.strip().count("\n") == 0
+    assert p.stderr.startswith("error: argument --epochs: invalid int value: 'x'")
+
+
+def test_cache_packed_with_skip_is_not_reused_without_it(tmp_path):
+    path, videos = make_layout(tmp_path, n_videos=4)
+    bad = sorted(videos)[1]
+    os.remove(os.path.join(tmp_path, "hmdb51", "RGB-Feature", bad, "img_00001.t7"))
+    assert len(load(path, tmp_path, skip_bad_videos=True)) == 3
+    with pytest.raises(SystemExit, match="missing frame file"):
+        load(path, tmp_path)
+
+
+def test_generalization_with_explicit_lists_needs_no_target_train_list(tmp_path):
+    src, _ = make_layout(tmp_path, dataset="ucf101", part="train", n_videos=6)
+    src_val, _ = make_layout(tmp_path, dataset="ucf101", part="val", n_videos=3)
+    tgt_val, _ = make_layout(tmp_path, dataset="hmdb51", part="val", n_videos=3)
+    classes = tmp_path / "classes.txt"
+    classes.write_text("1 a\n2 b\n3 c\n")
+    args = data.RunArgs(source="mine", target="theirs", data_root=str(tmp_path), source_list=src,
+                        source_val_list=src_val, val_list=tgt_val, class_file=str(classes))
+    pair = data.load_pair(args, with_target_train=False)
+    assert pair.target_train is None and len(pair.source_train) == 6 and len(pair.target_val) == 3
+    with pytest.raises(SystemExit):                 # adaptation needs the target train list
+        data.load_pair(args, with_target_train=True)

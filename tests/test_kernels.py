@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from kernels import official_loop_reference, relation_attention, relation_attention_reference, relation_tuples
+import kernels.relation as kernels_relation
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -134,7 +135,6 @@ def test_entropy_attention_by_hand(backend, b2, weight):
     assert_close(h, (1 + weight) * R.sum(1), 1e-12, 1e-12, "h = Σ (1 + w) R")
     h_plain, *_ = relation_attention(frames, tuples, relation, disc, 0.75, use_attention=False, backend=backend)
     assert_close(h_plain, R.sum(1), 1e-12, 1e-12, "h without attention")
-    assert abs(1 - math.log(2) - 0.30685) < 1e-5
 
 
 def test_relation_by_hand():
@@ -327,3 +327,20 @@ def test_bad_input_is_rejected():
         relation_attention(frames, tuples, relation, bad, 0.5, backend="triton")
     with pytest.raises(ValueError, match="max_per_scale|at least 2"):
         relation_tuples(1)
+
+
+def test_self_check_passes_and_catches_a_wrong_kernel(monkeypatch):
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    assert kernels_relation.self_check(device) == (True, "ok")
+    # a reference that is off by 1e-2 in h must be reported, as must a kernel that raises
+    real = kernels_relation.relation_attention_reference
+
+    def shifted(*args, **kw):
+        h, w, r, d = real(*args, **kw)
+        return h + 1e-2, w, r, d
+    monkeypatch.setattr(kernels_relation, "relation_attention_reference", shifted)
+    ok, message = kernels_relation.self_check(device)
+    assert not ok and "differ by 0.01" in message
+    monkeypatch.setattr(kernels_relation, "RelationAttentionFunction", None)
+    ok, message = kernels_relation.self_check(device)
+    assert not ok and message.startswith("AttributeError")
