@@ -560,7 +560,8 @@ class RunArgs:
     lr: float = field(default=0.03, metadata={"help": "initial learning rate"})
     seed: int = field(default=1, metadata={"help": "seed of the model, dropout and sampling"})
     device: str = field(default="auto", metadata={"help": "auto|cpu|cuda"})
-    out: str = field(default="", metadata={"help": "output folder (default runs/<script>_<source>_<target>_s<seed>)"})
+    out: str = field(default="", metadata={"help": "output folder (default "
+                                          "runs/<script>[_<variant>]_<source>_<target>_s<seed>)"})
     resume: bool = field(default=False, metadata={"help": "continue from the output folder's checkpoint"})
     num_segments: int = field(default=5, metadata={"help": "frames sampled per video (K)"})
     source_list: str = field(default="", metadata={"help": "explicit source train list (overrides --source)"})
