@@ -460,7 +460,7 @@ def train_one_epoch(run, models, optimizers, gammas, windows, args, epoch: int) 
             group["lr"] = step_lr(args.lr, epoch, args.lr_step)
     batches = torch.randperm(len(split), generator=run.generator).split(args.batch_size)
     totals = {}
-    for idx in batches:
+    for idx in run.progress(batches):
         x = run.frames(split, idx, mode="random")                                 # (B, M, D), TSN random frames
         y = torch.as_tensor(split.labels[idx.numpy()]).to(run.device)
         draw = sample_windows(windows, run.generator)                             # one relation draw per batch

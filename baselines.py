@@ -53,8 +53,8 @@ Where the official code differs from the papers (../shared/reference/ta3n.md §2
 - AdaBN: the code gives each domain its own BatchNorm1d *with its own affine*, and the target one never gets a
   gradient (no loss touches target data), so its γ, β stay at 1, 0. AdaBN shares all weights and swaps only the
   statistics; we share γ, β and keep two sets of running statistics. Test uses the target running statistics
-  (eval mode), as the code's validate() does by feeding everything through the target stream: so the held-out
-  source split is also evaluated with target statistics (end_epoch's predict cannot tell the splits apart).
+  (eval mode), as the code's validate() does by feeding everything through the target stream; the held-out
+  source split used for model selection is normalised with the source statistics.
 - MCD: the code does a single step per batch: CE(F1)+CE(F2) on source, and −d on target through GRL(μ) in
   front of both classifiers, so the classifiers maximize d while G minimizes μ·d in the same update (opts
   default μ = 0: G never minimizes d at all). We implement the MCD paper's three steps A/B/C with n_gen = 4
@@ -432,7 +432,7 @@ def train_one_epoch(run, model, optimizers, args, epoch: int, sampling: str) -> 
         steps = [(idx, None) for idx in single_domain_batches(len(split_a), args.batch_size, run.generator)]
     all_params = list(model.parameters())
     totals = {}
-    for i, (idx_a, idx_t) in enumerate(steps):
+    for i, (idx_a, idx_t) in enumerate(run.progress(steps)):
         x_a = run.frames(split_a, idx_a, mode=sampling)                          # (B, K, D)
         y_a = torch.as_tensor(split_a.labels[idx_a.numpy()]).to(run.device)
         x_t = run.frames(d.target_train, idx_t, mode=sampling) if idx_t is not None else None    # (B_t, K, D)
@@ -522,8 +522,9 @@ def main(argv=None) -> dict:
         model.train()
         stats = train_one_epoch(run, model, optimizers, args, epoch, sampling)
         model.eval()
-        # domain 1: AdaBN tests with the target statistics; MCD and the rest with classifier 1
-        run.end_epoch(stats, predict=lambda x: net.classifier(net(x, domain=1)[2]))
+        # AdaBN normalises each split with its own domain's statistics (domain 1 = target); MCD tests classifier 1
+        run.end_epoch(stats, predict=lambda x: net.classifier(net(x, domain=1)[2]),
+                      predict_source=lambda x: net.classifier(net(x, domain=0)[2]))
     return run.finish(extra={"method": args.method, "temporal": temporal, "train_sampling": sampling,
                              "parameters": sum(p.numel() for p in model.parameters())})
 

@@ -676,6 +676,10 @@ class Run:
         n_s, n_t = len(self.data.source_train), len(self.data.target_train)
         return paired_batches(n_s, n_t, b, target_batch_size(b, n_s, n_t), self.generator, cycle)
 
+    def progress(self, batches, desc: str = "train"):
+        """A per-batch progress bar over one epoch's batches (shown on a terminal only, like every bar here)."""
+        return tqdm(batches, desc=desc, unit="batch", leave=False, disable=None)
+
     # -- epochs, evaluation, checkpoints -------------------------------------------------------------
     def epochs(self, state: dict):
         """Yield epoch numbers 1..E; with --resume, restore `state` (modules/optimizers by name) and skip done ones."""
@@ -706,12 +710,13 @@ class Run:
             self.epoch = epoch
             yield epoch
 
-    def end_epoch(self, train_stats: dict, predict, num_clips: int = 1) -> dict:
+    def end_epoch(self, train_stats: dict, predict, num_clips: int = 1, predict_source=None) -> dict:
         """Evaluate on the held-out source split and the target test list, record the row, write the outputs and
-        an atomic checkpoint. `predict` maps frames (B, K, D) to logits (B, C) (eval mode is the caller's job)."""
+        an atomic checkpoint. `predict` maps frames (B, K, D) to logits (B, C) (eval mode is the caller's job);
+        `predict_source`, when given, is used for the source split instead (AdaBN: source BN statistics)."""
         d, k = self.data, self.args.num_segments
-        src = accuracy_report(predict_split(predict, d.source_val, k, self.device, num_clips), d.source_val.labels,
-                              d.num_classes)
+        src = accuracy_report(predict_split(predict_source or predict, d.source_val, k, self.device, num_clips),
+                              d.source_val.labels, d.num_classes)
         tgt = accuracy_report(predict_split(predict, d.target_val, k, self.device, num_clips), d.target_val.labels,
                               d.num_classes)
         row = {"epoch": self.epoch, **{k2: float(v) for k2, v in train_stats.items()},

@@ -385,7 +385,7 @@ def train_one_epoch(model, optimizer, run, args, epoch: int) -> dict:
         group["lr"] = lr
     model.train()
     sums, count, started = {}, 0, time.perf_counter()
-    for idx_s, idx_t in run.pairs():
+    for idx_s, idx_t in run.progress(run.pairs()):
         # c random TSN clips per video, flattened into the batch: the code's Σ_clips(...)/5 is the same mean
         x_s = run.frames(d.source_train, idx_s.repeat_interleave(c), mode="random")   # (B_s·c, K, D)
         y_s = torch.as_tensor(d.source_train.labels[idx_s]).repeat_interleave(c).to(run.device)

@@ -366,7 +366,7 @@ def train_one_epoch(model, optimizer, run, args, epoch: int) -> dict:
     total_steps = args.epochs * steps_per_epoch
     model.train()
     sums, count, started = {}, 0, time.perf_counter()
-    for i, (idx_s, idx_t) in enumerate(run.pairs()):
+    for i, (idx_s, idx_t) in enumerate(run.progress(run.pairs())):
         if args.lr_schedule == "dann":                                           # p from 0, before the step
             set_lr(optimizer, annealed_lr(args.lr, ((epoch - 1) * steps_per_epoch + i) / total_steps))
         x_s = run.frames(d.source_train, idx_s, mode=args.train_sampling)        # (B_s, K, D)

@@ -452,7 +452,7 @@ def train_one_epoch(run, model, optimizer, warmup, args, epoch: int) -> dict:
     for group in optimizer.param_groups:
         group["lr"] = step_lr(args.lr, epoch, args.lr_step)
     totals = {}
-    for i, (idx_s, idx_t) in enumerate(steps):
+    for i, (idx_s, idx_t) in enumerate(run.progress(steps)):
         step = (epoch - 1) * len(steps) + i
         x_s = run.frames(d.source_train, idx_s, mode=args.train_sampling)         # (B_s, K, D)
         y_s = torch.as_tensor(d.source_train.labels[idx_s.numpy()]).to(run.device)

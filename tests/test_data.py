@@ -409,3 +409,23 @@ def test_generalization_with_explicit_lists_needs_no_target_train_list(tmp_path)
     assert pair.target_train is None and len(pair.source_train) == 6 and len(pair.target_val) == 3
     with pytest.raises(SystemExit):                 # adaptation needs the target train list
         data.load_pair(args, with_target_train=True)
+
+
+def test_end_epoch_uses_predict_source_for_the_source_split(tmp_path):
+    args = data.parse_args(ToyArgs, ["--synth-dim", "8", "--epochs", "1", "--out", str(tmp_path)])
+    run = data.Run(args, "toy")
+    onehot = lambda c: (lambda x: torch.nn.functional.one_hot(torch.full((len(x),), c), 12).float())
+    for _ in run.epochs({"model": torch.nn.Linear(1, 1)}):
+        row = run.end_epoch({}, predict=onehot(0), predict_source=onehot(1))
+    d = run.data
+    assert row["source_val_top1"] == pytest.approx(float(np.mean(d.source_val.labels == 1)), abs=1e-12)
+    assert row["target_top1"] == pytest.approx(float(np.mean(d.target_val.labels == 0)), abs=1e-12)
+    assert 0 < row["source_val_top1"] < 1 and 0 < row["target_top1"] < 1
+
+
+def test_progress_yields_the_batches_unchanged(tmp_path):
+    run = data.Run(data.parse_args(ToyArgs, ["--synth-dim", "8", "--out", str(tmp_path)]), "toy")
+    pairs = run.pairs()
+    wrapped = list(run.progress(pairs))
+    assert len(wrapped) == len(pairs) == 12                       # synth-a: ceil(1438 / 128) = 12 batches
+    assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(wrapped, pairs))
