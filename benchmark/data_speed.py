@@ -1,7 +1,7 @@
 """Time data.py on a dataset in the official layout: one-time packing, loading a packed split, one epoch of sampling.
 
-    python benchmark/make_layout.py --out /tmp/ta3n-layout
-    python benchmark/data_speed.py --data-root /tmp/ta3n-layout
+    python -m benchmark.make_layout --out /tmp/ta3n-layout
+    python -m benchmark.data_speed --data-root /tmp/ta3n-layout
 
 Packing reads every per-frame .t7 file once; afterwards a run opens the packed memmaps and every batch is an index
 gather, so no epoch touches per-frame files (reading them is what makes the official loader slow).
@@ -9,13 +9,11 @@ gather, so no epoch touches per-frame files (reading them is what makes the offi
 import argparse
 import os
 import shutil
-import sys
 import time
 
 import torch
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
-import data  # noqa: E402
+import data  # run from the repository root as `python -m benchmark.<name>`
 
 
 def main(argv=None):

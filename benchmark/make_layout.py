@@ -1,6 +1,6 @@
 """Write a UCF->HMDB_full-sized dataset in the official TA3N on-disk layout, for speed benchmarks.
 
-    python benchmark/make_layout.py --out /tmp/ta3n-layout            # 2048-d, 1438/571 UCF + 840/360 HMDB videos
+    python -m benchmark.make_layout --out /tmp/ta3n-layout            # 2048-d, 1438/571 UCF + 840/360 HMDB videos
 
 The frames are the synthetic benchmark's (data.make_synthetic_split: synth-a plays UCF101, synth-b HMDB51), rendered
 at --dim and saved exactly as the official extractor does: one torch.save'd 1-D float32 tensor per frame,
@@ -10,13 +10,11 @@ to time reading, packing and training, and label any accuracy measured on it as 
 """
 import argparse
 import os
-import sys
 
 import torch
 from tqdm import tqdm
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run as a script from anywhere
-import data  # noqa: E402
+import data  # run from the repository root as `python -m benchmark.<name>`
 
 
 def main(argv=None):

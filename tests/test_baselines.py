@@ -367,7 +367,7 @@ def test_mcd_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypa
 def test_help_lists_shared_and_method_flags():
     out = subprocess.run([sys.executable, "baselines.py", "--help"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0
-    for flag in ("--source", "--target", "--epochs", "--batch-size", "--lr", "--seed", "--out", "--resume",
+    for flag in ("--source", "--target", "--data-root", "--device", "--epochs", "--batch-size", "--lr", "--seed", "--out", "--resume",
                  "--method", "--temporal", "--jan-weight", "--mcd-steps", "--cdan-entropy", "--train-sampling"):
         assert flag in out.stdout, flag
 
