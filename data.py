@@ -431,13 +431,16 @@ def load_pair(args, with_target_train: bool = True) -> DomainPair:
 
 # ==== 2. sampling and pairing =======================================================================
 
-def sample_indices(lengths, num_segments: int, mode: str = "center", num_clips: int = 1, generator=None):
+def sample_indices(lengths, num_segments: int, mode: str = "center", num_clips: int = 1, generator=None,
+                   short: str = "pad"):
     """0-based frame indices, vectorized over videos.
 
     center  the official rule (TA3N dataset.py `_get_test_indices`): tick = n/K, index_k = int(tick/2 + tick·k)
             (+1 in the official 1-based numbering); a video with n < K frames gives 0..n-1 then repeats the last.
     random  TSN training offsets: one uniform frame inside each of the K equal segments.
     clips   num_clips evenly shifted centred samplings (MA2L-TD-style multi-clip testing); clips=1 == center.
+    short   videos with n < K frames: "pad" (TA3N: 0..n-1, then the last frame repeated) or "spread" (the same
+            formulas as longer videos, so the repeated frames are spread over the video, as MA2L-TD's loader does).
     Args: lengths (N,) ints. Returns (N, K) long, or (N, num_clips, K) for mode="clips".
     """
     n = torch.as_tensor(np.asarray(lengths), dtype=torch.float64)[:, None]             # (N, 1)
@@ -451,12 +454,16 @@ def sample_indices(lengths, num_segments: int, mode: str = "center", num_clips: 
     elif mode == "clips":
         c = (torch.arange(num_clips, dtype=torch.float64)[None, :, None] + 0.5) / num_clips    # (1, clips, 1)
         idx = torch.floor(tick[:, :, None] * (k[:, None, :] + c))                             # (N, clips, K)
-        short = torch.minimum(k, n - 1)[:, None, :].expand_as(idx)
-        return torch.where(n[:, :, None] >= num_segments, idx, short).long()
     else:
         raise ValueError(f"unknown sampling mode {mode}")
-    short = torch.minimum(k, n - 1).expand_as(idx)                                       # 0..n-1, n-1, n-1, ...
-    return torch.where(n >= num_segments, idx, short).long()
+    if short == "spread":                          # every formula above stays inside 0..n-1 (tick·K = n)
+        return idx.long()
+    if short != "pad":
+        raise ValueError(f"unknown short-video rule {short}")
+    pad = torch.minimum(k, n - 1)                                                         # 0..n-1, n-1, n-1, ...
+    if mode == "clips":
+        return torch.where(n[:, :, None] >= num_segments, idx, pad[:, None, :].expand_as(idx)).long()
+    return torch.where(n >= num_segments, idx, pad.expand_as(idx)).long()
 
 
 def gather_frames(split: Split, videos, frame_idx, device="cpu") -> torch.Tensor:
@@ -498,10 +505,11 @@ def paired_batches(n_source: int, n_target: int, batch_source: int, batch_target
 # ==== 3. evaluation =================================================================================
 
 @torch.no_grad()
-def predict_split(predict, split: Split, num_segments: int, device, num_clips: int = 1, batch_size: int = 256):
+def predict_split(predict, split: Split, num_segments: int, device, num_clips: int = 1, batch_size: int = 256,
+                  short: str = "pad"):
     """Logits (N, C) of every video; with num_clips > 1 the logits of the clips are averaged."""
     mode = "clips" if num_clips > 1 else "center"
-    idx = sample_indices(split.lengths, num_segments, mode, num_clips)
+    idx = sample_indices(split.lengths, num_segments, mode, num_clips, short=short)
     out = []
     for start in range(0, len(split), batch_size):
         v = torch.arange(start, min(start + batch_size, len(split)))
@@ -653,6 +661,8 @@ class Run:
             if not 0 <= value < 2 ** 32:
                 fail(f"{flag} must be in [0, 2^32), got {value}")
         self.device = pick_device(args.device)
+        # videos shorter than K: TA3N's padding unless a method's Args asks otherwise (MA2L-TD: --short-videos)
+        self.short_videos = getattr(args, "short_videos", "pad")
         self.data = data or load_pair(args, with_target_train)
         if self.data.source_train.dim != self.data.target_val.dim:
             fail("source and target features have different widths")
@@ -667,7 +677,7 @@ class Run:
     def frames(self, split: Split, videos, mode: str = "center", num_clips: int = 1) -> torch.Tensor:
         """Sampled frames of a batch on the run's device: (B, K, D), or (B, clips, K, D) for mode='clips'."""
         lengths = torch.as_tensor(split.lengths)[torch.as_tensor(videos).cpu()]
-        idx = sample_indices(lengths, self.args.num_segments, mode, num_clips, self.generator)
+        idx = sample_indices(lengths, self.args.num_segments, mode, num_clips, self.generator, self.short_videos)
         return gather_frames(split, videos, idx, self.device)
 
     def pairs(self, cycle: bool = False, batch_size: int = None) -> list:
@@ -715,9 +725,10 @@ class Run:
         an atomic checkpoint. `predict` maps frames (B, K, D) to logits (B, C) (eval mode is the caller's job);
         `predict_source`, when given, is used for the source split instead (AdaBN: source BN statistics)."""
         d, k = self.data, self.args.num_segments
-        src = accuracy_report(predict_split(predict_source or predict, d.source_val, k, self.device, num_clips),
-                              d.source_val.labels, d.num_classes)
-        tgt = accuracy_report(predict_split(predict, d.target_val, k, self.device, num_clips), d.target_val.labels,
+        src = accuracy_report(predict_split(predict_source or predict, d.source_val, k, self.device, num_clips,
+                                            short=self.short_videos), d.source_val.labels, d.num_classes)
+        tgt = accuracy_report(predict_split(predict, d.target_val, k, self.device, num_clips,
+                                            short=self.short_videos), d.target_val.labels,
                               d.num_classes)
         row = {"epoch": self.epoch, **{k2: float(v) for k2, v in train_stats.items()},
                "source_val_top1": src["top1"], "target_top1": tgt["top1"], "target_class_mean": tgt["class_mean"],

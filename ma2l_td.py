@@ -48,7 +48,10 @@ Where the official code differs from the paper (reference §1.3-1.4); default = 
  8. GRL: the paper gives no coefficient; the code puts one GRL in front of the aggregators, ramped per epoch to
     0.1: λ = 2λ_max/(1 + exp(−10p)) − λ_max (--lambda-max). So the discriminators and the aggregators minimise
     L_adv and only the frame encoder gets −λ∇L_adv (the code's resolution of the inconsistent Eq. 9).
- 9. The code selects the best target-test epoch (class-mean accuracy); data.py reports last, source-selected and
+ 9. Videos shorter than K = 53 frames (150 of 840 HMDB-train videos) get their frames duplicated over the whole
+    video by the code's loader; data.py's TA3N rule would pad with the last frame. Default: spread (the same TSN
+    formulas as longer videos; --short-videos pad for TA3N's rule).
+10. The code selects the best target-test epoch (class-mean accuracy); data.py reports last, source-selected and
     (labelled) oracle epochs.
 Decided here (paper and code silent): ℓ is detached in Eq. (12) (the weights must not open a gradient path that
 the encoder could game), ε = 1e-6 in its normaliser; H^m = Conv1d(C, C, q, dil d_m) → ReLU → Conv1d(C, C, 1),
@@ -114,6 +117,9 @@ class Args(data.RunArgs):
                                                       "epochs, 0 = never (code)"})
     train_clips: int = field(default=1, metadata={"help": "random clips per video per step (code 5)"})
     test_clips: int = field(default=5, metadata={"help": "evenly shifted clips averaged at test (code 5)"})
+    short_videos: str = field(default="spread", metadata={"help": "videos shorter than K: spread the repeated frames "
+                                                          "over the video (code) or pad with the last frame (TA3N)",
+                                                          "choices": ["spread", "pad"]})
 
 
 def level_geometry(levels: int, q: int):

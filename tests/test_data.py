@@ -429,3 +429,23 @@ def test_progress_yields_the_batches_unchanged(tmp_path):
     wrapped = list(run.progress(pairs))
     assert len(wrapped) == len(pairs) == 12                       # synth-a: ceil(1438 / 128) = 12 batches
     assert all(torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) for a, b in zip(wrapped, pairs))
+
+
+def test_short_videos_spread_or_pad():
+    # 4 frames, K = 6: pad = 0,1,2,3,3,3; spread = floor(tick/2 + tick·k), tick = 2/3 -> 0,1,1,2,3,3
+    assert data.sample_indices([4], 6).tolist() == [[0, 1, 2, 3, 3, 3]]
+    assert data.sample_indices([4], 6, short="spread").tolist() == [[0, 1, 1, 2, 3, 3]]
+    g = torch.Generator().manual_seed(0)
+    lengths = np.array([1, 3, 24, 52, 53, 200])
+    for mode, clips in (("center", 1), ("random", 1), ("clips", 5)):
+        idx = data.sample_indices(lengths, 53, mode, clips, g, short="spread")
+        top = torch.as_tensor(lengths).view(-1, *([1] * (idx.dim() - 1)))
+        assert idx.min() >= 0 and (idx < top).all()                     # always a real frame
+        diffs = idx.diff(dim=-1)
+        assert (diffs >= 0).all()                                        # time order kept
+        # each frame of a 24-frame video covers a window of 53/24 = 2.2 samples: it appears 1-4 times (2-3 for the
+        # deterministic modes), where padding repeats the last frame 30 times
+        counts = torch.bincount(idx[2].reshape(-1, 53)[0], minlength=24)
+        assert counts.min() >= 1 and counts.max() <= (4 if mode == "random" else 3)
+    with pytest.raises(ValueError):
+        data.sample_indices([4], 6, short="stretch")

@@ -12,6 +12,7 @@ import subprocess
 import sys
 
 import pytest
+import numpy as np
 import torch
 
 import data
@@ -307,3 +308,20 @@ def test_bad_input_in_process(argv, message, tmp_path):
     with pytest.raises(SystemExit) as e:
         ma2l_td.main([*argv, "--synth-dim", "16", "--out", str(tmp_path)])
     assert str(e.value).startswith("error:") and message in str(e.value)
+
+
+def test_short_videos_are_spread_by_default(tmp_path):
+    args = ma2l_td.resolve(data.parse_args(ma2l_td.Args, ["--out", str(tmp_path)]))       # K = 53
+    run = data.Run(args, script="ma2l_td")
+    assert run.short_videos == "spread" and args.num_segments == 53
+    short = int(np.argmin(run.data.source_train.lengths))                 # a synth-a video far shorter than 53
+    n = int(run.data.source_train.lengths[short])
+    assert n < 53
+    frames = run.frames(run.data.source_train, torch.tensor([short]))     # (1, 53, D)
+    last = run.data.source_train.features[run.data.source_train.offsets[short] + n - 1]
+    repeats = int((frames[0] == torch.as_tensor(np.asarray(last))).all(-1).sum())
+    assert repeats <= 3                                                   # padding would repeat it 53 − n + 1 times
+    pad = data.Run(ma2l_td.resolve(data.parse_args(ma2l_td.Args, ["--short-videos", "pad", "--out", str(tmp_path)])),
+                   script="ma2l_td")
+    frames = pad.frames(pad.data.source_train, torch.tensor([short]))
+    assert int((frames[0] == torch.as_tensor(np.asarray(last))).all(-1).sum()) == 53 - n + 1
