@@ -73,6 +73,7 @@ Ablation / option flags: --temporal, --beta-frame, --beta-video, --jan-weight, -
 """
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import os
@@ -490,8 +491,13 @@ def resolve(args) -> tuple:
         data.fail("--method tsn is the TemPooling DG baseline; use --method trn for TemRelation")
     if args.method == "trn" and args.temporal == "pooling":
         data.fail("--method trn is the TemRelation DG baseline; use --method tsn for TemPooling")
-    if args.cdan_entropy and args.method != "cdan":
-        data.fail(f"--cdan-entropy applies to --method cdan only (got --method {args.method})")
+    # a method's own options are refused with another method rather than silently ignored
+    defaults = {f.name: f.default for f in dataclasses.fields(Args)}
+    for names, owner in ((("beta_frame", "beta_video"), "dann"), (("jan_weight", "jan_on"), "jan"),
+                         (("mcd_steps",), "mcd"), (("cdan_entropy",), "cdan")):
+        for name in names:
+            if getattr(args, name) != defaults[name] and args.method != owner:
+                data.fail(f"--{name.replace('_', '-')} applies to --method {owner} only (got --method {args.method})")
     if args.mcd_steps < 1:
         data.fail(f"--mcd-steps must be >= 1 (got {args.mcd_steps})")
     if args.num_segments < 1:

@@ -367,13 +367,22 @@ def test_mcd_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypa
 def test_help_lists_shared_and_method_flags():
     out = subprocess.run([sys.executable, "baselines.py", "--help"], cwd=REPO, capture_output=True, text=True)
     assert out.returncode == 0
-    for flag in ("--source", "--target", "--data-root", "--device", "--epochs", "--batch-size", "--lr", "--seed", "--out", "--resume",
-                 "--method", "--temporal", "--jan-weight", "--mcd-steps", "--cdan-entropy", "--train-sampling"):
+    for flag in ("--source", "--target", "--data-root", "--device", "--epochs", "--batch-size", "--lr", "--seed",
+                 "--out", "--resume", "--method", "--temporal", "--jan-weight", "--mcd-steps", "--cdan-entropy",
+                 "--train-sampling"):
         assert flag in out.stdout, flag
 
 
-@pytest.mark.parametrize("argv, message", [(["--method", "tsn", "--temporal", "relation"], "use --method trn"),
-                                           (["--method", "dann", "--cdan-entropy"], "--cdan-entropy applies")])
+BAD_COMBINATIONS = [
+    (["--method", "tsn", "--temporal", "relation"], "use --method trn"),
+    (["--method", "dann", "--cdan-entropy"], "--cdan-entropy applies"),
+    (["--method", "dann", "--jan-weight", "2"], "--jan-weight applies to --method jan"),
+    (["--method", "jan", "--mcd-steps", "2"], "--mcd-steps applies to --method mcd"),
+    (["--method", "mcd", "--beta-video", "1"], "--beta-video applies to --method dann"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD_COMBINATIONS)
 def test_bad_combination_is_one_error_line(argv, message):
     out = subprocess.run([sys.executable, "baselines.py", *argv, *TINY], cwd=REPO, capture_output=True, text=True)
     assert out.returncode != 0 and "Traceback" not in out.stderr
