@@ -74,7 +74,6 @@ Ablation / option flags: --temporal, --beta-frame, --beta-video, --jan-weight, -
 from __future__ import annotations
 
 import dataclasses
-import itertools
 import math
 import os
 from dataclasses import dataclass, field
@@ -84,6 +83,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+from kernels import relation_tuples      # TRN-M's official tuple table (shared with ta3n.py)
 
 UDA_METHODS = ["dann", "jan", "adabn", "mcd", "cdan"]
 METHODS = ["source-only", "target-only", *UDA_METHODS, "tsn", "trn"]
@@ -150,18 +150,6 @@ class TemporalPooling(nn.Module):
 
     def forward(self, frames):
         return frames.mean(1)                                                     # (B, 512)
-
-
-def relation_tuples(num_frames: int, per_scale: int = 3) -> list:
-    """TA3N's TRN-M frame tuples, scales K..2: the largest keeps combination 0; every other scale keeps the
-    combinations ceil(i·N/3), i = 0, 1, 2, of its N lexicographic combinations (TRNmodule.py). Returns a list
-    of (R_n, n) long tensors; K = 5 gives 1, 3, 3, 3 tuples."""
-    out = []
-    for n in range(num_frames, 1, -1):
-        combos = list(itertools.combinations(range(num_frames), n))
-        k = 1 if n == num_frames else min(per_scale, len(combos))
-        out.append(torch.tensor([combos[math.ceil(i * len(combos) / k)] for i in range(k)]))
-    return out
 
 
 class TemporalRelation(nn.Module):

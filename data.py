@@ -389,8 +389,9 @@ def load_pair(args, with_target_train: bool = True) -> DomainPair:
              f"run with --source synth-a --target synth-b for the synthetic benchmark)")
     if not all(explicit.values()):
         for d in (source, target):
-            if d not in DOMAIN_DIRS:
-                fail(f"unknown dataset {d!r} (choose from {', '.join(DOMAIN_DIRS)} or {', '.join(SYNTHETIC_DOMAINS)})")
+            if d not in DOMAIN_DIRS:             # reached with only some explicit lists and a synthetic name
+                fail(f"{d!r} has no official list files: name real datasets ({', '.join(DOMAIN_DIRS)}) or pass "
+                     f"every one of {', '.join('--' + k.replace('_', '-') for k in explicit)}")
         setting = _resolve_setting(source, target, args.setting)
     else:
         setting = args.setting if args.setting in SETTINGS else None
@@ -728,8 +729,7 @@ class Run:
         src = accuracy_report(predict_split(predict_source or predict, d.source_val, k, self.device, num_clips,
                                             short=self.short_videos), d.source_val.labels, d.num_classes)
         tgt = accuracy_report(predict_split(predict, d.target_val, k, self.device, num_clips,
-                                            short=self.short_videos), d.target_val.labels,
-                              d.num_classes)
+                                            short=self.short_videos), d.target_val.labels, d.num_classes)
         row = {"epoch": self.epoch, **{k2: float(v) for k2, v in train_stats.items()},
                "source_val_top1": src["top1"], "target_top1": tgt["top1"], "target_class_mean": tgt["class_mean"],
                "target_confusion": tgt["confusion"]}

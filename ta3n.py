@@ -77,8 +77,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
-import kernels
-from kernels import relation_attention, relation_tuples
+from kernels import relation_attention, relation_tuples, self_check
 
 DISCRIMINATORS = ("frame", "relation", "video")
 # --variant -> (discriminators, attention, entropy_loss)
@@ -171,7 +170,7 @@ def resolve(args: Args) -> Args:
     if args.kernel == "auto":
         args.kernel = "triton" if cuda else "torch"
         if cuda:   # the compiled kernels are checked against the reference once before they train anything
-            ok, message = kernels.self_check(data.pick_device(args.device))
+            ok, message = self_check(data.pick_device(args.device))
             if not ok:
                 print(f"warning: Triton self-check failed ({message}); using the PyTorch reference", file=sys.stderr)
                 args.kernel = "torch"

@@ -88,7 +88,6 @@ Ablation flags (paper Table 5, Jester)
 """
 from __future__ import annotations
 
-import itertools
 import math
 import os
 from dataclasses import dataclass, field
@@ -98,6 +97,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import data
+from kernels import relation_tuples      # TRN-M's official tuple table (shared with ta3n.py)
 
 
 @dataclass
@@ -136,17 +136,6 @@ WARMUP_EMA = 0.9
 
 # ---- method: TCoN (Pan et al.) ----
 # == feature extractor G_f: segment tokens (TSN) or relation tokens (TRN) ==
-
-def relation_tuples(num_frames: int) -> list:
-    """TRN-M's official frame tuples, scales K..2: scale K keeps its one combination, every other scale keeps the
-    combinations ceil(i·N/3), i = 0, 1, 2, of its N lexicographic combinations. K=5: (0,1,2,3,4); (0,1,2,3),
-    (0,1,3,4), (1,2,3,4); (0,1,2), (0,2,4), (1,2,4); (0,1), (1,2), (2,3). Returns (R_n, n) long tensors."""
-    out = []
-    for n in range(num_frames, 1, -1):
-        combos = list(itertools.combinations(range(num_frames), n))
-        k = 1 if n == num_frames else min(3, len(combos))
-        out.append(torch.tensor([combos[math.ceil(i * len(combos) / k)] for i in range(k)]))
-    return out
 
 
 class FeatureExtractor(nn.Module):

@@ -106,9 +106,9 @@ def relation_attention_reference(frames, tuples, relation_weights, discriminator
 
     No loop over tuples or videos. Per scale it takes the form with fewer matmul FLOPs: gather each tuple's frames
     and multiply (R_n·n products of D×H per video), or project every frame at every position and gather-sum over
-    the n positions (T·n products). Gathering wins when R_n <= T: every scale of the official T = 5 table, where it
-    is ≈ 2× faster than projecting on a 2-core CPU (fwd+bwd, B = 202, D = 512, H = 256); projecting is the only one
-    that fits in memory for full tables at large T (up to C(16, 8) = 12,870 tuples per scale).
+    the n positions (T·n products). Gathering needs fewer FLOPs when R_n <= T (every scale of the official T = 5
+    table); projecting is the only one that fits in memory for full tables at large T (up to C(16, 8) = 12,870
+    tuples per scale).
     Computes in fp32 (fp64 for fp64 frames) and returns frames.dtype.
     """
     compute = torch.float64 if frames.dtype == torch.float64 else torch.float32

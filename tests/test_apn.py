@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 import apn
 import data
+from helpers import assert_close
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = dict(hidden_dim=8, num_segments=5, num_classes=3, heads=2, frame_dropout=0.0, attention_dropout=0.0,
@@ -30,16 +31,6 @@ def one_thread():
     yield
     torch.set_num_threads(before)
 
-
-def assert_close(got, want, atol, rtol=0.0, what=""):
-    """Liger-style mismatch report: how many elements differ and the first few; NaN/inf count as mismatches."""
-    got, want = torch.as_tensor(got, dtype=torch.float64), torch.as_tensor(want, dtype=torch.float64)
-    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    bad = ~torch.isclose(got, want, atol=atol, rtol=rtol) | ~torch.isfinite(got)
-    if bad.any():
-        idx = bad.nonzero()[:5].tolist()
-        pairs = [(i, got[tuple(i)].item(), want[tuple(i)].item()) for i in idx]
-        raise AssertionError(f"{what}: {int(bad.sum())}/{bad.numel()} differ; first (index, got, want): {pairs}")
 
 
 def tiny_model(seed=0, in_dim=6, **kw):

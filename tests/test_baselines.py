@@ -14,22 +14,13 @@ import torch.nn.functional as F
 
 import baselines
 import data
+from helpers import assert_close
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--synth-dim", "16"]
 SMOKE = ["--synth-dim", "32", "--epochs", "4", "--lr", "0.5"]        # clears chance in 4 short epochs
 ONE_STEP = ["--synth-dim", "16", "--epochs", "1", "--batch-size", "1500"]   # one batch holds every video
 
-
-def assert_close(got, want, atol, rtol=0.0, what=""):
-    """Liger-style mismatch report: how many elements differ and the first few, NaN/inf count as mismatches."""
-    got, want = torch.as_tensor(got, dtype=torch.float64), torch.as_tensor(want, dtype=torch.float64)
-    bad = ~torch.isclose(got, want, atol=atol, rtol=rtol) | ~torch.isfinite(got)
-    if bad.any():
-        idx = bad.nonzero()[:5].tolist()
-        pairs = [(i, got[tuple(i)].item(), want[tuple(i)].item()) for i in idx] if got.dim() else [(got.item(),
-                                                                                                     want.item())]
-        raise AssertionError(f"{what}: {int(bad.sum())}/{bad.numel()} differ; first (index, got, want): {pairs}")
 
 
 # ---- direct O(n²) definitions (float64), written independently of baselines.py ----------------------

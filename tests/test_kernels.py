@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from kernels import official_loop_reference, relation_attention, relation_attention_reference, relation_tuples
 import kernels.relation as kernels_relation
+from helpers import assert_close
 
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -30,16 +31,6 @@ TOLERANCES = {
     ("cuda", torch.bfloat16): (5e-2, 5e-2),
 }
 
-
-def assert_close(got, want, atol, rtol, what=""):
-    """Liger-style report: how many elements differ and the first few (index, got, want); NaN/inf always differ."""
-    got, want = got.detach().double().cpu(), want.detach().double().cpu()
-    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    bad = ~torch.isfinite(got) | ~torch.isfinite(want) | ((got - want).abs() > atol + rtol * want.abs())
-    if bad.any():
-        first = [(tuple(i), got[tuple(i)].item(), want[tuple(i)].item()) for i in bad.nonzero()[:5].tolist()]
-        raise AssertionError(f"{what}: {int(bad.sum())}/{bad.numel()} elements differ (atol {atol:.3g}, rtol {rtol}); "
-                             f"first (index, got, want): {first}")
 
 
 def make_problem(B, T, D, H, Hd, max_per_scale, dtype=torch.float32, discriminators=True, seed=0):

@@ -17,6 +17,7 @@ import torch
 
 import data
 import ma2l_td
+from helpers import assert_close
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LN2 = math.log(2)
@@ -26,15 +27,6 @@ TINY = ["--synth-dim", "16", "--levels", "3", "--bottleneck-dim", "8", "--disc-h
 def args_for(*flags):
     return ma2l_td.resolve(data.parse_args(ma2l_td.Args, [*TINY, *flags]))
 
-
-def assert_close(actual, expected, atol, what=""):
-    """allclose that says where: how many elements differ, the first few with both values; NaN/inf fail."""
-    actual, expected = torch.as_tensor(actual, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
-    bad = ~torch.isclose(actual, expected, rtol=0, atol=atol) | ~torch.isfinite(actual)
-    if bad.any():
-        idx = bad.nonzero()[:5].tolist()
-        pairs = [(i, actual[tuple(i)].item(), expected[tuple(i)].item()) for i in idx]
-        raise AssertionError(f"{what}: {int(bad.sum())}/{bad.numel()} differ (atol {atol}); first: {pairs}")
 
 
 # ---- geometry ----
@@ -95,12 +87,12 @@ def test_dilation_never_reuses_a_lower_level_vector_and_is_minimal(q, levels):
 def test_attpool_weights_sum_to_one_and_follow_the_domain_losses():
     ell = torch.tensor([[1.0, 2.0, 3.0, 6.0, 0.5]])                              # (B=1, k=5), q=2, d=2 -> k'=3
     w = ma2l_td.attpool_weights(ell, q=2, dilation=2, eps=0.0)
-    assert_close(w, [[[1 / 4, 3 / 4], [2 / 8, 6 / 8], [3 / 3.5, 0.5 / 3.5]]], 1e-6, "w = ℓ / Σ ℓ")
+    assert_close(w, [[[1 / 4, 3 / 4], [2 / 8, 6 / 8], [3 / 3.5, 0.5 / 3.5]]], 1e-6, what="w = ℓ / Σ ℓ")
     torch.manual_seed(0)
     for shape in [(1, 9), (4, 53), (3, 23)]:
         ell = torch.rand(shape) * 3
         w = ma2l_td.attpool_weights(ell, q=3, dilation=1)
-        assert_close(w.sum(-1), torch.ones(w.shape[:2]), 1e-6, "Σ_s w")
+        assert_close(w.sum(-1), torch.ones(w.shape[:2]), 1e-6, what="Σ_s w")
         taps = ma2l_td.dilated_taps(ell, 3, 1)
         assert torch.equal(w.argmax(-1), taps.argmax(-1))                         # larger ℓ, larger weight
 
@@ -111,11 +103,11 @@ def test_aggregation_is_attpool_plus_residual_conv():
     w = torch.softmax(torch.randn(2, 5, 2), -1)                                   # q=2, d=2 -> k'=5
     plain = ma2l_td.DilatedAggregation(4, 2, 2, residual_conv=False)
     expected = w[..., :1] * x[:, 0:5] + w[..., 1:] * x[:, 2:7]                    # Eq. (12) by hand
-    assert_close(plain(x, w), expected, 1e-6, "Σ_s w_s f_{j+s·d}")
-    assert_close(plain(x), (x[:, 0:5] + x[:, 2:7]) / 2, 1e-6, "uniform 1/q")
+    assert_close(plain(x, w), expected, 1e-6, what="Σ_s w_s f_{j+s·d}")
+    assert_close(plain(x), (x[:, 0:5] + x[:, 2:7]) / 2, 1e-6, what="uniform 1/q")
     with_conv = ma2l_td.DilatedAggregation(4, 2, 2, residual_conv=True)
     h = with_conv.conv(x.transpose(1, 2)).transpose(1, 2)                         # (2, 5, 4)
-    assert_close(with_conv(x, w), expected + h, 1e-6, "Eq. (10): AttPool + H")
+    assert_close(with_conv(x, w), expected + h, 1e-6, what="Eq. (10): AttPool + H")
 
 
 # ---- batched slot discriminators ----
@@ -146,13 +138,13 @@ def test_batched_discriminators_equal_a_loop_of_separate_ones(shared, b, k, c, h
     x_loop = x.detach().clone().requires_grad_(True)
     out = batched(x)
     loop = torch.stack([mods[0 if shared else j](x_loop[:, j]).squeeze(-1) for j in range(k)], 1)   # (B, k)
-    assert_close(out, loop, 1e-5, "logits")
+    assert_close(out, loop, 1e-5, what="logits")
     upstream = torch.randn_like(out)
     out.backward(upstream)
     loop.backward(upstream)
-    assert_close(x.grad, x_loop.grad, 1e-5, "dL/dx")
+    assert_close(x.grad, x_loop.grad, 1e-5, what="dL/dx")
     for i, mod in enumerate(mods):
-        assert_close(batched.weights[0].grad[i], mod[0].weight.grad, 1e-5, f"dL/dW1 of slot {i}")
+        assert_close(batched.weights[0].grad[i], mod[0].weight.grad, 1e-5, what=f"dL/dW1 of slot {i}")
 
 
 def test_slot_discriminator_init_matches_nn_linear_bounds():
@@ -171,7 +163,7 @@ def test_grl_forward_identity_backward_reversed(lambd):
     assert torch.equal(y, x)
     upstream = torch.randn_like(y)
     y.backward(upstream)
-    assert_close(x.grad, -lambd * upstream, 1e-7, "GRL backward")
+    assert_close(x.grad, -lambd * upstream, 1e-7, what="GRL backward")
 
 
 def test_grl_ramp():
@@ -183,10 +175,10 @@ def test_grl_ramp():
 def test_entropy_and_slot_losses_by_hand():
     logits = torch.tensor([[0.0, 0.0, 0.0], [0.0, math.log(3), -1e9]])          # uniform; (1/4, 3/4, 0)
     h2 = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
-    assert_close(ma2l_td.target_entropy_loss(logits), (math.log(3) + h2) / 2, 1e-6, "Eq. (2)")
+    assert_close(ma2l_td.target_entropy_loss(logits), (math.log(3) + h2) / 2, 1e-6, what="Eq. (2)")
     z = torch.tensor([[0.0, 2.0], [0.0, 2.0]])
     ell = ma2l_td.slot_domain_losses(z, torch.tensor([0.0, 1.0]))
-    assert_close(ell, [[LN2, math.log(1 + math.exp(2))], [LN2, math.log(1 + math.exp(-2))]], 1e-6, "Eq. (3)")
+    assert_close(ell, [[LN2, math.log(1 + math.exp(2))], [LN2, math.log(1 + math.exp(-2))]], 1e-6, what="Eq. (3)")
 
 
 def test_level_attention_and_adversarial_loss_by_hand():
@@ -194,17 +186,17 @@ def test_level_attention_and_adversarial_loss_by_hand():
     level_logits = {0: torch.tensor([0.0, 0.0]), 2: torch.tensor([math.log(3), math.log(3)])}   # σ = 1/2, 3/4
     omega = ma2l_td.level_attention(level_logits, domain, "paper", [0, 2])
     l_src, l_tgt = [LN2, math.log(4)], [LN2, math.log(4 / 3)]                     # BCE vs d = 0, d = 1
-    assert_close(omega, [[l / sum(l_src) for l in l_src], [l / sum(l_tgt) for l in l_tgt]], 1e-6, "Eq. (6)-(7)")
+    assert_close(omega, [[l / sum(l_src) for l in l_src], [l / sum(l_tgt) for l in l_tgt]], 1e-6, what="Eq. (6)-(7)")
     h34 = -(0.75 * math.log(0.75) + 0.25 * math.log(0.25))
     code = ma2l_td.level_attention(level_logits, domain, "code", [0, 2])
-    assert_close(code, [[LN2 / (LN2 + h34), h34 / (LN2 + h34)]] * 2, 1e-6, "official entropy weights")
-    assert_close(ma2l_td.level_attention(level_logits, domain, "none", [0, 2]), [[0.5, 0.5]] * 2, 0, "equal")
+    assert_close(code, [[LN2 / (LN2 + h34), h34 / (LN2 + h34)]] * 2, 1e-6, what="official entropy weights")
+    assert_close(ma2l_td.level_attention(level_logits, domain, "none", [0, 2]), [[0.5, 0.5]] * 2, 0, what="equal")
     slot_losses = {0: torch.tensor([[1.0, 3.0], [2.0, 2.0]]), 2: torch.tensor([[4.0], [6.0]])}
     w = torch.tensor([[0.25, 0.75], [0.5, 0.5]])
     mean = ((0.25 * 2 + 0.75 * 4) + (0.5 * 2 + 0.5 * 6)) / 2
     total = ((0.25 * 4 + 0.75 * 4) + (0.5 * 4 + 0.5 * 6)) / 2
-    assert_close(ma2l_td.adversarial_loss(slot_losses, w, [0, 2], "mean"), mean, 1e-6, "Eq. (8), mean over j")
-    assert_close(ma2l_td.adversarial_loss(slot_losses, w, [0, 2], "sum"), total, 1e-6, "Eq. (8), Σ_j")
+    assert_close(ma2l_td.adversarial_loss(slot_losses, w, [0, 2], "mean"), mean, 1e-6, what="Eq. (8), mean over j")
+    assert_close(ma2l_td.adversarial_loss(slot_losses, w, [0, 2], "sum"), total, 1e-6, what="Eq. (8), Σ_j")
 
 
 def test_gradient_routes():
@@ -223,7 +215,7 @@ def test_gradient_routes():
     f2 = f.detach().requires_grad_(True)
     plain = ma2l_td.adversarial_loss(model.adapt(f2, domain, -1.0)["slot_losses"], omega, model.aligned)   # GRL(−1) = +∇
     g_plain = torch.autograd.grad(plain, f2)[0]
-    assert_close(g_enc_rev, -0.5 * g_plain, 1e-6, "−λ ∇L_adv at f^1")
+    assert_close(g_enc_rev, -0.5 * g_plain, 1e-6, what="−λ ∇L_adv at f^1")
     level = ma2l_td.level_discriminator_loss(out["level_logits"], domain)
     assert torch.autograd.grad(level, f, allow_unused=True)[0] is None            # 𝒟^m sees detached F^m
     code, _ = ma2l_td.build(args_for("--level-attn", "code"), 16, 12)

@@ -16,6 +16,7 @@ import torch
 import data
 import ta3n
 from kernels import relation_attention
+from helpers import assert_close
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LN2 = math.log(2)
@@ -27,15 +28,6 @@ def args_for(*flags):
     return ta3n.resolve(data.parse_args(ta3n.Args, ["--synth-dim", "16", *flags]))
 
 
-def assert_close(actual, expected, atol, what=""):
-    """allclose that says where: how many elements differ, the first few with both values; NaN/inf fail."""
-    actual, expected = torch.as_tensor(actual, dtype=torch.float64), torch.as_tensor(expected, dtype=torch.float64)
-    bad = ~torch.isclose(actual, expected, rtol=0, atol=atol) | ~torch.isfinite(actual)
-    if bad.any():
-        idx = bad.nonzero()[:5].tolist()
-        pairs = [(i, actual[tuple(i)].item(), expected[tuple(i)].item()) for i in idx]
-        raise AssertionError(f"{what}: {int(bad.sum())}/{bad.numel()} differ (atol {atol}); first: {pairs}")
-
 
 # ---- equations by hand ----
 
@@ -46,12 +38,12 @@ def test_grl_forward_identity_backward_reversed(lambd):
     assert torch.equal(y, x)
     upstream = torch.randn_like(y)
     y.backward(upstream)
-    assert_close(x.grad, -lambd * upstream, 1e-7, "GRL backward")
+    assert_close(x.grad, -lambd * upstream, 1e-7, what="GRL backward")
 
 
 def test_domain_attention_uniform_and_one_hot():
     w = ta3n.domain_attention(torch.tensor([[0.0, 0.0], [3.0, 3.0], [40.0, -40.0], [-40.0, 40.0]]))
-    assert_close(w, [1 - LN2, 1 - LN2, 1.0, 1.0], 1e-6, "w = 1 - H(d)")
+    assert_close(w, [1 - LN2, 1 - LN2, 1.0, 1.0], 1e-6, what="w = 1 - H(d)")
     assert abs((1 + w[0]).item() - 1.3069) < 1e-4                                # the weight (1 + w) ≈ 1.307
 
 
@@ -66,9 +58,9 @@ def test_kernel_attention_weights_on_crafted_discriminators(backend, bias, weigh
     rel = [(torch.randn(6, t.shape[1] * 8) * 0.3, torch.randn(6) * 0.1) for t in tuples]
     disc = [(torch.randn(4, 6), torch.randn(4), torch.zeros(2, 4), torch.tensor(bias)) for _ in tuples]
     h, w, R, d = relation_attention(frames, tuples, rel, disc, 0.75, use_attention=True, backend=backend)
-    assert_close(w, torch.full((3, 4), weight - 1), 1e-6, "w")
-    assert_close(h, weight * R.sum(1), 1e-5, "h = (1 + w) ΣR")
-    assert_close(d, torch.tensor(bias).expand(3, 4, 2), 1e-6, "d")
+    assert_close(w, torch.full((3, 4), weight - 1), 1e-6, what="w")
+    assert_close(h, weight * R.sum(1), 1e-5, what="h = (1 + w) ΣR")
+    assert_close(d, torch.tensor(bias).expand(3, 4, 2), 1e-6, what="d")
 
 
 def test_entropy_and_attentive_entropy_loss_by_hand():
@@ -78,7 +70,7 @@ def test_entropy_and_attentive_entropy_loss_by_hand():
     d = torch.tensor([[0.0, 0.0], [0.0, math.log(9)]], dtype=torch.float64, requires_grad=True)
     h_y = [math.log(3), -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))]
     h_d = [LN2, -(0.1 * math.log(0.1) + 0.9 * math.log(0.9))]
-    assert_close(ta3n.entropy(logits), h_y, 1e-9, "H(y)")
+    assert_close(ta3n.entropy(logits), h_y, 1e-9, what="H(y)")
     expected = ((1 + h_d[0]) * h_y[0] + (1 + h_d[1]) * h_y[1]) / 2                # Eq. (9), mean over S∪T
     loss = ta3n.attentive_entropy_loss(logits, d)
     assert abs(loss.item() - expected) < 1e-9
@@ -86,7 +78,7 @@ def test_entropy_and_attentive_entropy_loss_by_hand():
     loss.backward()
     p = 0.1
     dh_dd1 = p * (1 - p) * math.log((1 - p) / p) * torch.tensor([1.0, -1.0], dtype=torch.float64)      # ∂H/∂(d_0, d_1) at p0 = 0.1
-    assert_close(d.grad, torch.stack([torch.zeros(2, dtype=torch.float64), 0.5 * h_y[1] * dh_dd1]), 1e-9, "∂L_ae/∂d")
+    assert_close(d.grad, torch.stack([torch.zeros(2, dtype=torch.float64), 0.5 * h_y[1] * dh_dd1]), 1e-9, what="∂L_ae/∂d")
     d.grad = None
     ta3n.attentive_entropy_loss(logits, d, detach=True).backward()
     assert d.grad is None or not d.grad.any()
@@ -221,8 +213,8 @@ def test_pooling_domain_attention_weights_frames_with_the_frame_discriminator():
     out = model(x, GRL, domains=False)
     f = torch.relu(model.spatial(x))
     w = ta3n.domain_attention(model.frame_discriminator(f))                       # (3, 5)
-    assert_close(out["attention"], w, 1e-6, "w")
-    assert_close(out["feature"], ((1 + w).unsqueeze(-1) * f).mean(1), 1e-6, "h = mean (1 + w) f")
+    assert_close(out["attention"], w, 1e-6, what="w")
+    assert_close(out["feature"], ((1 + w).unsqueeze(-1) * f).mean(1), 1e-6, what="h = mean (1 + w) f")
 
 
 def test_triton_and_torch_paths_train_identically():
@@ -236,9 +228,9 @@ def test_triton_and_torch_paths_train_identically():
         losses = [ta3n.train_step(model, opt, args, x_s, y_s, x_t)["loss"] for _ in range(2)]
         results.append((torch.stack(losses), model.state_dict()))
     (loss_a, state_a), (loss_b, state_b) = results
-    assert_close(loss_b, loss_a, 1e-5, "losses")
+    assert_close(loss_b, loss_a, 1e-5, what="losses")
     for key in state_a:
-        assert_close(state_b[key], state_a[key], 1e-5, key)
+        assert_close(state_b[key], state_a[key], 1e-5, what=key)
     assert abs(loss_a[1] - loss_a[0]) > 1e-3                                     # the first step changed the model
 
 

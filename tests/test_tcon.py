@@ -12,21 +12,11 @@ import torch
 
 import data
 import tcon
+from helpers import assert_close
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 R2 = math.sqrt(2.0)
 
-
-def assert_close(got, want, atol, rtol=0.0, what=""):
-    """Liger-style mismatch report: how many elements differ and the first few, NaN/inf count as mismatches."""
-    got, want = torch.as_tensor(got, dtype=torch.float64), torch.as_tensor(want, dtype=torch.float64)
-    assert got.shape == want.shape, f"{what}: shape {tuple(got.shape)} != {tuple(want.shape)}"
-    bad = ~torch.isclose(got, want, atol=atol, rtol=rtol) | ~torch.isfinite(got)
-    if bad.any():
-        idx = bad.nonzero()[:5].tolist()
-        pairs = [(i, got[tuple(i)].item(), want[tuple(i)].item()) for i in idx] if got.dim() else [(got.item(),
-                                                                                                     want.item())]
-        raise AssertionError(f"{what}: {int(bad.sum())}/{bad.numel()} differ; first (index, got, want): {pairs}")
 
 
 # ---- 1. co-attention on a hand-made pair (K = 3, 2-d tokens) -----------------------------------------
