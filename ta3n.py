@@ -2,7 +2,8 @@
 
 Min-Hung Chen, Zsolt Kira, Ghassan AlRegib, Jaekwon Yoo, Ruxin Chen, Jian Zheng: "Temporal Attentive Alignment
 for Large-Scale Video Domain Adaptation", ICCV 2019, https://arxiv.org/abs/1907.12743. Defaults follow the
-official code (github.com/cmhungsteve/TA3N) and its UCF→HMDB_full script, as read in ../shared/reference/ta3n.md.
+official code (github.com/cmhungsteve/TA3N, commit 2c65b5d) and its UCF→HMDB_full script (script_train_val.sh);
+file:line citations are in that repository. Notes, flags and measured numbers: docs/ta3n.md.
 
     python ta3n.py                                            # SYNTHETIC benchmark synth-a -> synth-b
     python ta3n.py --source ucf --target hmdb --data-root DATA          # the official setting (U→H)
@@ -25,9 +26,10 @@ Paper -> code   (shapes: B batch = B_s + B_t, K frames, D input width, S = K−1
   Eq. (9)   L_ae = (1 + H(d̂_video)) · H(ŷ), mean over S∪T                 attentive_entropy_loss()
   Eq. (10)  L = L_y + γ L_ae − (λ_s L_sd + λ_r L_rd + λ_t L_td)           train_step()
   GRL       forward x, backward −λ · grad                                 grad_reverse()
-  λ_s, λ_r, λ_t are the official script's β_frame = 0.5, β_relation = 0.75, β_video = 0.75 (--beta-*).
+  λ_s, λ_r, λ_t are the official script's β_frame = 0.5, β_relation = 0.75, β_video = 0.75 (--beta-*); a negative
+  β is the DANN ramp 2/(1 + exp(−10p)) − 1 with p = epoch/epochs, held for the epoch (main.py:350-352).
 
-Where the official code differs from the paper (reference §4); the default follows the code
+Where the official code differs from the paper, or the paper is silent; the default follows the code
  1. λ is only the GRL scale: every domain CE is added with weight 1 (so the discriminators train at full rate
     whatever λ is). --lambda-as loss-weight gives Eq. (10) literally: losses weighted by λ, GRL scale 1. The
     feature extractor sees the same gradient either way.
@@ -49,6 +51,9 @@ Where the official code differs from the paper (reference §4); the default foll
     discriminators PyTorch default. The official code also builds unused layers that consume RNG: we do not.
  9. The official code reports the best target-test epoch; data.py reports last, source-selected and (labelled)
     oracle. The official zero-padding of the last batch is skipped (no BatchNorm: it changes nothing).
+10. L_ae is added only when attention is on (main.py:559): with --attention none the --variant preset gives
+    --entropy-loss none; an explicit --entropy-loss attentive still adds it (the paper does not tie the two).
+11. At evaluation only the discriminators that domain attention reads are run (the official code runs all).
 
 Ablations (paper Tables 6-8, 10-11) and options
   --variant ta3n|ta2n|source-only  presets of the three flags below (explicit flags win):
@@ -61,8 +66,10 @@ Ablations (paper Tables 6-8, 10-11) and options
         scales (or frames), then (1 + a)·r as the official code.
   --relations official|all   --kernel auto|triton|torch (auto: Triton on CUDA, PyTorch reference on CPU)
   --lambda-as grl|loss-weight   --detach-attention   --lr-schedule official|dann   --train-sampling center|random
+  --beta-frame/--beta-relation/--beta-video (< 0: DANN ramp)   --mmd official|median
 Analysis (Table 9) in metrics.json "analysis": MMD² and the video-discriminator domain loss of the final video
-features h, source val vs target val.
+features h, source val vs target val. --mmd official (default): the official mmd_rbf kernel (5 Gaussians, bandwidths
+×2 around the mean squared distance); --mmd median: one Gaussian, median heuristic. The paper names neither.
 """
 from __future__ import annotations
 
@@ -84,7 +91,7 @@ DISCRIMINATORS = ("frame", "relation", "video")
 VARIANTS = {"ta3n": (list(DISCRIMINATORS), "domain", "attentive"),
             "ta2n": (list(DISCRIMINATORS), "none", "none"),
             "source-only": ([], "none", "none")}
-# per (source, target) values of the official script's comments (reference §3.4); flags override them
+# per (source, target) values of the official script's H→U comments (script_train_val.sh:80-82, 89-90); flags win
 PAIR_PRESETS = {("hmdb", "ucf"): {"beta_relation": 1.0, "gamma": 0.3}}
 DEFAULT_PRESET = {"beta_relation": 0.75, "gamma": 0.003}
 FRAME_DIM, RELATION_DIM = 512, 256            # script: fc_dim 512; TRN-M bottleneck 256
@@ -109,10 +116,12 @@ class Args(data.RunArgs):
     kernel: str = field(default="auto", metadata={"help": "relation + attention op: auto (triton on CUDA, torch "
                                                   "otherwise), triton (on CPU only under TRITON_INTERPRET=1), torch",
                                                   "choices": ["auto", "triton", "torch"]})
-    beta_frame: float = field(default=0.5, metadata={"help": "λ_s of the frame discriminator (GRL scale)"})
+    beta_frame: float = field(default=0.5, metadata={"help": "λ_s of the frame discriminator (GRL scale); < 0: the "
+                                                     "DANN ramp 2/(1+exp(−10p))−1, set once per epoch (official)"})
     beta_relation: float = field(default=None, metadata={"help": "λ_r of the relation discriminators; default 0.75, "
-                                                         "1.0 for hmdb->ucf"})
-    beta_video: float = field(default=0.75, metadata={"help": "λ_t of the video discriminator (GRL scale)"})
+                                                         "1.0 for hmdb->ucf; < 0: the DANN ramp"})
+    beta_video: float = field(default=0.75, metadata={"help": "λ_t of the video discriminator (GRL scale); < 0: the "
+                                                      "DANN ramp"})
     gamma: float = field(default=None, metadata={"help": "weight γ of L_ae; default 0.003, 0.3 for hmdb->ucf"})
     lambda_as: str = field(default="grl", metadata={"help": "grl: λ scales the reversed gradient, domain losses "
                                                     "unweighted (official); loss-weight: Eq. (10) literally",
@@ -129,6 +138,9 @@ class Args(data.RunArgs):
                                                            "choices": ["official", "dann"]})
     train_sampling: str = field(default="center", metadata={"help": "training frames: center (official) or random "
                                                             "(TSN)", "choices": ["center", "random"]})
+    mmd: str = field(default="official", metadata={"help": "Table 9 MMD² kernel: official (mmd_rbf: 5 Gaussians, "
+                                                   "bandwidths ×2 around the mean squared distance) or median (one "
+                                                   "Gaussian, median heuristic)", "choices": ["official", "median"]})
 
 
 def resolve(args: Args) -> Args:
@@ -144,7 +156,8 @@ def resolve(args: Args) -> Args:
             data.fail(f"unknown discriminator {n!r} in --discriminators (choose from frame, relation, video or none)")
     args.discriminators = [n for n in DISCRIMINATORS if n in names]            # canonical order, no repeats
     args.attention = preset[1] if args.attention is None else args.attention
-    args.entropy_loss = preset[2] if args.entropy_loss is None else args.entropy_loss
+    if args.entropy_loss is None:   # official main.py:559 adds L_ae only when attention is on; explicit flag wins
+        args.entropy_loss = preset[2] if args.attention != "none" else "none"
     for key, value in PAIR_PRESETS.get((args.source, args.target), DEFAULT_PRESET).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
@@ -269,10 +282,14 @@ class TA3N(nn.Module):
     def forward(self, x, grl: dict, domains: bool = True):
         out = dict.fromkeys(["frame", "relation", "video", "attention"])
         f = self.dropout(F.relu(self.spatial(x)))                                 # (B, K, 512)
-        if self.frame_discriminator is not None and (domains or self.attention == "domain"):
+        relation = self.temporal == "relation"
+        # domains=False (evaluation): a discriminator runs only if domain attention reads it, the frame one for
+        # pooling, the relation ones for relations; the official code runs them all and discards the unused outputs
+        attends = self.attention == "domain"
+        if self.frame_discriminator is not None and (domains or (attends and not relation)):
             out["frame"] = self.frame_discriminator(grad_reverse(f, grl["frame"]))   # (B, K, 2)
-        if self.temporal == "relation":
-            disc = None if self.relation_discriminators is None else [
+        if relation:
+            disc = None if self.relation_discriminators is None or not (domains or attends) else [
                 (d[0].weight, d[0].bias, d[2].weight, d[2].bias) for d in self.relation_discriminators]
             fused_attention = self.attention == "domain" and not self.detach_attention
             # Eq. (5)-(8) in one op: R (B, S, H), d̂ (B, S, 2), w (B, S); h (B, H) with (1 + w) when fused
@@ -333,10 +350,24 @@ def set_lr(optimizer, lr: float):
         group["lr"] = lr
 
 
-def train_step(model, optimizer, args, x_s, y_s, x_t=None) -> dict:
-    """One SGD step on a source batch (and a target batch when any target loss is on). Returns loss tensors."""
-    grl = {k: (getattr(args, f"beta_{k}") if args.lambda_as == "grl" else 1.0) for k in DISCRIMINATORS}
-    weight = {k: (1.0 if args.lambda_as == "grl" else getattr(args, f"beta_{k}")) for k in DISCRIMINATORS}
+def dann_ramp(p: float) -> float:
+    return 2 / (1 + math.exp(-10 * p)) - 1                                        # DANN's λ_p, 0 → 1
+
+
+def scheduled_betas(args, epoch: int) -> dict:
+    """λ per discriminator for epoch `epoch` (1-based): a negative --beta-* is replaced by the DANN ramp at the p
+    of the epoch's first step, (0 + epoch·L)/(epochs·L) = epoch/epochs, and held for the epoch (official main.py:
+    350-352 evaluates it every step, but overwrites the negative value at the first one)."""
+    p = official_progress(epoch, 0, 1, args.epochs)
+    return {k: (dann_ramp(p) if getattr(args, f"beta_{k}") < 0 else getattr(args, f"beta_{k}")) for k in DISCRIMINATORS}
+
+
+def train_step(model, optimizer, args, x_s, y_s, x_t=None, betas: dict = None) -> dict:
+    """One SGD step on a source batch (and a target batch when any target loss is on). `betas`: the λ of each
+    discriminator (scheduled_betas; default epoch 1's). Returns loss tensors."""
+    betas = scheduled_betas(args, 1) if betas is None else betas
+    grl = {k: (betas[k] if args.lambda_as == "grl" else 1.0) for k in DISCRIMINATORS}
+    weight = {k: (1.0 if args.lambda_as == "grl" else betas[k]) for k in DISCRIMINATORS}
     b_s = len(x_s)
     out = model(x_s if x_t is None else torch.cat([x_s, x_t]), grl)           # one pass over (B_s + B_t, K, D)
     losses = {"loss_y": class_loss(out["logits"][:b_s], y_s)}                     # Eq. (1)
@@ -363,6 +394,7 @@ def train_one_epoch(model, optimizer, run, args, epoch: int) -> dict:
     uses_target = bool(args.discriminators)
     steps_per_epoch = math.ceil(len(d.source_train) / args.batch_size)           # official len(source_loader)
     total_steps = args.epochs * steps_per_epoch
+    betas = scheduled_betas(args, epoch)
     model.train()
     sums, count, started = {}, 0, time.perf_counter()
     for i, (idx_s, idx_t) in enumerate(run.progress(run.pairs())):
@@ -371,21 +403,37 @@ def train_one_epoch(model, optimizer, run, args, epoch: int) -> dict:
         x_s = run.frames(d.source_train, idx_s, mode=args.train_sampling)        # (B_s, K, D)
         y_s = torch.as_tensor(d.source_train.labels[idx_s]).to(run.device)
         x_t = run.frames(d.target_train, idx_t, mode=args.train_sampling) if uses_target else None   # (B_t, K, D)
-        stats = train_step(model, optimizer, args, x_s, y_s, x_t)
+        stats = train_step(model, optimizer, args, x_s, y_s, x_t, betas)
         if args.lr_schedule == "official":   # official: set after the step, epoch counted from 1 (p ≥ 1/epochs)
             set_lr(optimizer, annealed_lr(args.lr, official_progress(epoch, i, steps_per_epoch, args.epochs)))
         for k, v in stats.items():
             sums[k] = sums.get(k, 0) + v
         count += 1
-    return {**{k: float(v) / count for k, v in sums.items()}, "lr": optimizer.param_groups[0]["lr"],
+    ramped = {f"beta_{k}": betas[k] for k in args.discriminators if getattr(args, f"beta_{k}") < 0}
+    return {**{k: float(v) / count for k, v in sums.items()}, **ramped, "lr": optimizer.param_groups[0]["lr"],
             "train_time_s": time.perf_counter() - started}
 
 
 # == analysis (paper Table 9) ==
 
+def multi_kernel_mmd2(a, b, kernels: int = 5, multiplier: float = 2.0):
+    """Biased MMD² with the official `mmd_rbf` kernel (official loss.py:46-59): k(x, y) = Σ_i exp(−‖x − y‖² / b_i),
+    a sum (not a mean) of `kernels` Gaussians with b_i = b̄ · multiplier^(i − kernels//2), i = 0..kernels−1, where
+    b̄ = the mean squared distance between distinct points of the pooled sample. The official code uses 5 kernels ×2
+    on video features (main.py:458-459, 475-476) and "ver 2" = mean(K_ss + K_tt − K_st − K_ts) on equal-size halves
+    (loss.py:74-79); the block means below are the same number for equal sizes and also take N_a ≠ N_b.
+    a (N_a, d), b (N_b, d)."""
+    z = torch.cat([a, b]).double()
+    dist = torch.cdist(z, z).pow(2)                                               # (N, N), zero diagonal
+    n, total = len(a), len(z)
+    mean_dist = (dist.sum() / (total * total - total)).clamp_min(1e-12)
+    k = sum(torch.exp(-dist / (mean_dist * multiplier ** (i - kernels // 2))) for i in range(kernels))   # (N, N)
+    return float(k[:n, :n].mean() + k[n:, n:].mean() - 2 * k[:n, n:].mean())
+
+
 def gaussian_mmd2(a, b):
     """Biased MMD² with one Gaussian kernel k(x, y) = exp(−‖x − y‖² / (2σ²)), σ² = the median squared distance
-    between distinct points of the pooled sample (median heuristic). a (N_a, d), b (N_b, d)."""
+    between distinct points of the pooled sample (median heuristic; --mmd median). a (N_a, d), b (N_b, d)."""
     z = torch.cat([a, b]).double()
     dist = torch.cdist(z, z).pow(2)                                               # (N, N)
     off_diagonal = dist[~torch.eye(len(z), dtype=torch.bool)]
@@ -404,8 +452,14 @@ def domain_discrepancy(model, run, grl) -> dict:
     feature = lambda x: model(x, grl, domains=False)["feature"]
     h_s = data.predict_split(feature, run.data.source_val, k, dev)               # (N_s, d)
     h_t = data.predict_split(feature, run.data.target_val, k, dev)               # (N_t, d)
-    out = {"mmd2": gaussian_mmd2(h_s, h_t), "mmd_kernel": "gaussian, sigma^2 = median pairwise squared distance",
-           "domain_loss": None, "features": f"h before dropout, source val {len(h_s)} vs target val {len(h_t)}"}
+    if run.args.mmd == "official":
+        mmd2, kernel = multi_kernel_mmd2(h_s, h_t), "official mmd_rbf: sum of 5 gaussians exp(-d^2/b), b = mean " \
+            "pairwise squared distance x 2^(-2..2)"
+    else:
+        mmd2, kernel = gaussian_mmd2(h_s, h_t), "gaussian exp(-d^2/(2 sigma^2)), sigma^2 = median pairwise squared " \
+            "distance"
+    out = {"mmd2": mmd2, "mmd_kernel": kernel, "domain_loss": None,
+           "features": f"h before dropout, source val {len(h_s)} vs target val {len(h_t)}"}
     if model.video_discriminator is not None:
         disc = model.video_discriminator
         out["domain_loss"] = float(domain_loss(disc(h_s.to(dev)), disc(h_t.to(dev))))

@@ -9,7 +9,9 @@ import math
 import os
 import subprocess
 import sys
+import types
 
+import numpy as np
 import pytest
 import torch
 
@@ -100,13 +102,111 @@ def test_gaussian_mmd_by_hand():
     assert ta3n.gaussian_mmd2(x, x + 3) > ta3n.gaussian_mmd2(x, x + 0.3) > 0
 
 
+def test_official_multi_kernel_mmd_by_hand():
+    e = math.exp
+    # one point each at 0 and 1: mean squared distance b = 1, bandwidths b·2^(i−2) = 1/4, 1/2, 1, 2, 4;
+    # k(x, x) = 5 (five Gaussians summed), k(0, 1) = Σ exp(−1/b_i)
+    a, b = torch.tensor([[0.0]]), torch.tensor([[1.0]])
+    k01 = e(-4) + e(-2) + e(-1) + e(-0.5) + e(-0.25)
+    assert abs(ta3n.multi_kernel_mmd2(a, b) - (5 + 5 - 2 * k01)) < 1e-12
+    # the official 2-kernel form (logits level): bandwidths b/2, b
+    assert abs(ta3n.multi_kernel_mmd2(a, b, kernels=2) - (2 + 2 - 2 * (e(-2) + e(-1)))) < 1e-12
+    # unequal sizes, 2-d: source {(0,0), (0,0)}, target {(2,0)}: squared distances 0, 4, 4 -> b = 16/6 = 8/3;
+    # bandwidths 2/3·2^i; source-source and target-target kernels 5, source-target Σ exp(−4/b_i)
+    a, b = torch.zeros(2, 2), torch.tensor([[2.0, 0.0]])
+    k_st = sum(e(-4 / (2 / 3 * 2 ** i)) for i in range(5))
+    assert abs(ta3n.multi_kernel_mmd2(a, b) - (5 + 5 - 2 * k_st)) < 1e-12
+
+
+@pytest.mark.parametrize("n, dim", [(3, 1), (7, 4), (16, 9)])
+def test_multi_kernel_mmd_equals_the_official_version_2_formula_for_equal_sizes(n, dim):
+    """Official loss.py:46-83, written out with loops: K = Σ_i exp(−D/b_i) over the pooled sample, then
+    mean(K_ss + K_tt − K_st − K_ts) (ver 2), which needs equal sizes."""
+    g = torch.Generator().manual_seed(n)
+    x, y = torch.randn(n, dim, generator=g, dtype=torch.float64), torch.randn(n, dim, generator=g,
+                                                                           dtype=torch.float64) + 0.7
+    z = torch.cat([x, y])
+    d = [[float(((z[i] - z[j]) ** 2).sum()) for j in range(2 * n)] for i in range(2 * n)]
+    b = sum(map(sum, d)) / ((2 * n) ** 2 - 2 * n) / 2 ** 2
+    k = [[sum(math.exp(-d[i][j] / (b * 2 ** m)) for m in range(5)) for j in range(2 * n)] for i in range(2 * n)]
+    want = sum(k[i][j] + k[n + i][n + j] - k[i][n + j] - k[n + i][j] for i in range(n) for j in range(n)) / n ** 2
+    assert abs(ta3n.multi_kernel_mmd2(x, y) - want) < 1e-10
+    assert abs(ta3n.multi_kernel_mmd2(x, x.clone())) < 1e-12
+    assert ta3n.multi_kernel_mmd2(x, x + 3) > ta3n.multi_kernel_mmd2(x, x + 0.3) > 0
+
+
+@pytest.mark.parametrize("mmd", ["official", "median"])
+def test_domain_discrepancy_uses_the_chosen_mmd_on_eval_features(mmd):
+    args = args_for("--mmd", mmd)
+    torch.manual_seed(0)
+    model, _ = ta3n.build(args, 16, 12, **TINY_WIDTHS)
+    split = lambda n, shift: data.Split("tiny", torch.rand(n * 6, 16) + shift, np.arange(n) * 6, np.full(n, 6),
+                                        np.zeros(n, dtype=np.int64), list(range(n)), "generated")
+    source, target = split(9, 0.0), split(5, 0.4)
+    run = types.SimpleNamespace(args=args, device=torch.device("cpu"),
+                                data=types.SimpleNamespace(source_val=source, target_val=target))
+    out = ta3n.domain_discrepancy(model, run, GRL)
+    model.eval()
+    with torch.no_grad():
+        h = [model(data.gather_frames(s, torch.arange(len(s)), torch.as_tensor(
+            data.sample_indices(s.lengths, 5, "center"))), GRL, domains=False)["feature"] for s in (source, target)]
+    want = (ta3n.multi_kernel_mmd2 if mmd == "official" else ta3n.gaussian_mmd2)(*h)
+    assert abs(out["mmd2"] - want) < 1e-6 and out["mmd_kernel"].startswith("official" if mmd == "official" else "gauss")
+    disc = model.video_discriminator
+    assert abs(out["domain_loss"] - ta3n.domain_loss(disc(h[0]), disc(h[1])).item()) < 1e-6
+
+
 def test_lr_schedule_matches_the_official_log():
-    # reference §3.1: lr after the first step 0.0242, at the start of epoch 2 0.0207, after the last step 0.00487
+    # official lr, set after every step (main.py:619-621, 800-802): 0.0242 after the first step, 0.0207 at the
+    # start of epoch 2, 0.00487 after the last step (a run of the official code logs lr 0.03000, 0.02071, ...)
     lr = lambda epoch, step: ta3n.annealed_lr(0.03, ta3n.official_progress(epoch, step, 12, 30))
     # (the reference's values are rounded to 3 significant digits; epoch 10 and 20 start at 0.0100 and 0.0065)
     assert [round(lr(1, 0), 4), round(lr(1, 11), 4), round(lr(9, 11), 4), round(lr(19, 11), 4)] == \
         [0.0242, 0.0207, 0.0100, 0.0065]
     assert round(lr(30, 11), 5) == 0.00487
+
+
+def test_negative_beta_is_the_official_dann_ramp_once_per_epoch():
+    # 2/(1 + exp(−10p)) − 1 = tanh(5p); p = epoch/epochs at the epoch's first step (main.py:350-352)
+    assert ta3n.dann_ramp(0.0) == 0.0 and abs(ta3n.dann_ramp(0.5) - math.tanh(2.5)) < 1e-12
+    args = args_for("--epochs", "3", "--beta-video", "-1", "--beta-frame", "-0.2")
+    betas = [ta3n.scheduled_betas(args, epoch) for epoch in (1, 2, 3)]
+    assert [round(b["video"], 3) for b in betas] == [0.931, 0.997, 1.0]          # the official run's values
+    for epoch, b in zip((1, 2, 3), betas):
+        assert abs(b["video"] - math.tanh(5 * epoch / 3)) < 1e-12 and b["frame"] == b["video"]
+        assert b["relation"] == 0.75                                             # non-negative: unchanged
+
+
+@pytest.mark.parametrize("lambda_as", ["grl", "loss-weight"])
+def test_scheduled_betas_reach_the_grls_or_the_loss_weights(lambda_as, monkeypatch):
+    args = args_for("--beta-video", "-1", "--beta-relation", "-1", "--lambda-as", lambda_as)
+    betas = ta3n.scheduled_betas(args, 2)                                        # p = 2/30
+    assert abs(betas["video"] - math.tanh(1 / 3)) < 1e-12
+    seen, grad_reverse, relation_attention = {}, ta3n.grad_reverse, ta3n.relation_attention
+
+    def recording_grad_reverse(x, lambd):                                        # keyed by width: frame or video
+        seen[x.shape[-1]] = lambd
+        return grad_reverse(x, lambd)
+
+    def recording_relation_attention(*a, **k):                                   # a[4] is the GRL scale
+        seen["relation"] = a[4]
+        return relation_attention(*a, **k)
+
+    monkeypatch.setattr(ta3n, "grad_reverse", recording_grad_reverse)
+    monkeypatch.setattr(ta3n, "relation_attention", recording_relation_attention)
+    torch.manual_seed(0)
+    model, opt = ta3n.build(args, 16, 12, **TINY_WIDTHS)
+    x_s, x_t, y_s = torch.rand(4, 5, 16), torch.rand(3, 5, 16) + 0.5, torch.tensor([0, 1, 2, 3])
+    stats = ta3n.train_step(model, opt, args, x_s, y_s, x_t, betas)
+    frame_dim, video_dim = TINY_WIDTHS["frame_dim"], TINY_WIDTHS["relation_dim"]
+    if lambda_as == "grl":
+        assert seen == {frame_dim: 0.5, "relation": betas["relation"], video_dim: betas["video"]}
+        weights = {"frame": 1.0, "relation": 1.0, "video": 1.0}
+    else:
+        assert seen == {frame_dim: 1.0, "relation": 1.0, video_dim: 1.0}
+        weights = {"frame": 0.5, "relation": betas["relation"], "video": betas["video"]}
+    want = stats["loss_y"] + sum(w * stats[f"loss_{k}"] for k, w in weights.items()) + 0.003 * stats["loss_ae"]
+    assert abs(stats["loss"].item() - want.item()) < 1e-6
 
 
 # ---- structure, presets, flag combinations ----
@@ -149,9 +249,29 @@ def test_presets_and_overrides():
     assert args_for("--discriminators", "none", "--variant", "source-only").discriminators == []
 
 
+def test_attention_none_drops_the_attentive_entropy_unless_asked(monkeypatch):
+    """Official main.py:559 adds γ·L_ae only when attention is on; an explicit --entropy-loss attentive still adds it."""
+    a = args_for("--attention", "none")
+    assert (a.attention, a.entropy_loss) == ("none", "none")
+    assert args_for("--attention", "general").entropy_loss == "attentive"
+    assert args_for("--discriminators", "frame,relation", "--attention", "none").entropy_loss == "none"  # no error
+    b = args_for("--attention", "none", "--entropy-loss", "attentive")
+    assert (b.attention, b.entropy_loss) == ("none", "attentive")
+    x_s, x_t, y_s = torch.rand(4, 5, 16), torch.rand(3, 5, 16) + 0.5, torch.tensor([0, 1, 2, 3])
+    for args in (a, b):
+        torch.manual_seed(0)
+        model, opt = ta3n.build(args, 16, 12, **TINY_WIDTHS)
+        stats = ta3n.train_step(model, opt, args, x_s, y_s, x_t)
+        domains = stats["loss_frame"] + stats["loss_relation"] + stats["loss_video"]
+        extra = 0.003 * stats["loss_ae"] if args is b else 0
+        assert ("loss_ae" in stats) == (args is b)
+        assert abs(stats["loss"].item() - (stats["loss_y"] + domains + extra).item()) < 1e-6
+
+
 @pytest.mark.parametrize("flags, message", [
     (["--discriminators", "frame,video"], "needs the relation discriminator"),
     (["--discriminators", "frame,relation"], "needs the video discriminator"),
+    (["--discriminators", "frame,relation", "--attention", "none", "--entropy-loss", "attentive"], "needs the video"),
     (["--temporal", "pooling", "--discriminators", "video", "--entropy-loss", "none"], "add frame"),
     (["--temporal", "pooling"], "needs --temporal relation"),
     (["--discriminators", "frame,videos"], "unknown discriminator 'videos'"),
@@ -172,6 +292,7 @@ ABLATIONS = [
     ["--temporal", "pooling", "--discriminators", "frame,video"],
     ["--temporal", "pooling", "--discriminators", "frame,video", "--attention", "general"],
     ["--temporal", "pooling", "--variant", "source-only"], ["--no-nesterov", "--lr-schedule", "dann"],
+    ["--attention", "none"], ["--attention", "none", "--entropy-loss", "attentive"], ["--beta-frame", "-1"],
 ]
 
 
@@ -195,7 +316,7 @@ def test_every_ablation_builds_and_trains_one_step(flags):
 
 @pytest.mark.parametrize("detach", [False, True])
 def test_class_loss_reaches_relation_discriminators_only_without_detach(detach):
-    """Official §2.3 [verified]: L_y alone gives the relation discriminators non-zero gradients through w."""
+    """Official models.py:351-357, 643-645 do not detach w: L_y alone gives the relation discriminators gradients."""
     args = args_for(*(["--detach-attention"] if detach else []))
     model, _ = ta3n.build(args, 16, 12, **TINY_WIDTHS)
     model.eval()
@@ -215,6 +336,32 @@ def test_pooling_domain_attention_weights_frames_with_the_frame_discriminator():
     w = ta3n.domain_attention(model.frame_discriminator(f))                       # (3, 5)
     assert_close(out["attention"], w, 1e-6, what="w")
     assert_close(out["feature"], ((1 + w).unsqueeze(-1) * f).mean(1), 1e-6, what="h = mean (1 + w) f")
+
+
+@pytest.mark.parametrize("flags, frame_calls, relation_at_eval", [
+    ([], 0, True),                                                 # TemRelation + domain attention: relation only
+    (["--attention", "general"], 0, False),                       # no discriminator is read at evaluation
+    (["--variant", "ta2n"], 0, False),
+    (["--temporal", "pooling", "--discriminators", "frame,video"], 1, False),   # frame attention needs G_sd
+])
+def test_evaluation_runs_only_the_discriminators_attention_reads(flags, frame_calls, relation_at_eval):
+    args = args_for(*flags)
+    torch.manual_seed(0)
+    model, _ = ta3n.build(args, 16, 12, **TINY_WIDTHS)
+    model.eval()
+    calls = []
+    model.frame_discriminator.register_forward_hook(lambda *_: calls.append(1))
+    x = torch.rand(6, 5, 16)
+    with torch.no_grad():
+        full = model(x, GRL)                                               # training-mode heads, eval dropout
+        assert len(calls) == 1 and full["frame"] is not None and full["video"] is not None
+        calls.clear()
+        fast = model(x, GRL, domains=False)
+    assert len(calls) == frame_calls and (fast["frame"] is not None) == bool(frame_calls)
+    assert fast["video"] is None and (fast["relation"] is not None) == relation_at_eval
+    assert torch.equal(fast["logits"], full["logits"]) and torch.equal(fast["feature"], full["feature"])
+    if args.attention != "none":
+        assert torch.equal(fast["attention"], full["attention"])
 
 
 def test_triton_and_torch_paths_train_identically():
@@ -251,7 +398,16 @@ def test_smoke_run_in_process(tmp_path, capsys):
     assert m["epochs"][-1]["source_val_top1"] > 0.5 and m["final"]["last"]["top1"] > 0.2
     analysis = stored["analysis"]
     assert math.isfinite(analysis["mmd2"]) and analysis["mmd2"] >= 0 and 0 < analysis["domain_loss"] < 5
+    assert analysis["mmd_kernel"].startswith("official mmd_rbf") and stored["args"]["mmd"] == "official"
     assert "SYNTHETIC" in capsys.readouterr().out
+
+
+def test_ramped_beta_run_in_process(tmp_path):
+    m = ta3n.main(["--synth-dim", "16", "--epochs", "2", "--beta-video", "-1", "--mmd", "median",
+                   "--out", str(tmp_path)])
+    assert [row["beta_video"] for row in m["epochs"]] == pytest.approx([math.tanh(2.5), math.tanh(5.0)], abs=1e-12)
+    assert "beta_frame" not in m["epochs"][0] and m["args"]["beta_video"] == -1
+    assert m["analysis"]["mmd_kernel"].startswith("gaussian") and math.isfinite(m["analysis"]["mmd2"])
 
 
 def test_source_only_pooling_run_in_process(tmp_path):
