@@ -356,8 +356,8 @@ def dann_ramp(p: float) -> float:
 
 def scheduled_betas(args, epoch: int) -> dict:
     """λ per discriminator for epoch `epoch` (1-based): a negative --beta-* is replaced by the DANN ramp at the p
-    of the epoch's first step, (0 + epoch·L)/(epochs·L) = epoch/epochs, and held for the epoch (official main.py:
-    350-352 evaluates it every step, but overwrites the negative value at the first one)."""
+    of the epoch's first step, (0 + epoch·L)/(epochs·L) = epoch/epochs, and held for the epoch. The official code
+    (main.py:350-352) evaluates the ramp at every step, but overwrites the negative value at the first one."""
     p = official_progress(epoch, 0, 1, args.epochs)
     return {k: (dann_ramp(p) if getattr(args, f"beta_{k}") < 0 else getattr(args, f"beta_{k}")) for k in DISCRIMINATORS}
 

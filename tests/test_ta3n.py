@@ -250,7 +250,7 @@ def test_presets_and_overrides():
 
 
 def test_attention_none_drops_the_attentive_entropy_unless_asked(monkeypatch):
-    """Official main.py:559 adds γ·L_ae only when attention is on; an explicit --entropy-loss attentive still adds it."""
+    """Official main.py:559 adds γ·L_ae only when attention is on; an explicit --entropy-loss attentive adds it."""
     a = args_for("--attention", "none")
     assert (a.attention, a.entropy_loss) == ("none", "none")
     assert args_for("--attention", "general").entropy_loss == "attentive"
