@@ -6,6 +6,9 @@ through the interpreter on the CPU (tiny shapes keep this file to about a minute
 compiled. No timing assertions here: timings live in kernels/bench.py.
 """
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -13,6 +16,7 @@ import torch.nn.functional as F
 
 from kernels import (official_loop_reference, relation_attention, relation_attention_reference, relation_tuples,
                      used_pairs)
+import kernels.bench as bench
 import kernels.relation as kernels_relation
 from helpers import assert_close
 
@@ -452,3 +456,31 @@ def test_self_check_passes_and_catches_a_wrong_kernel(monkeypatch):
     monkeypatch.setattr(kernels_relation, "RelationAttentionFunction", None)
     ok, message = kernels_relation.self_check(device)
     assert not ok and message.startswith("AttributeError")
+
+
+# ---- 7. the benchmark's arithmetic and its behaviour without a GPU -------------------------------------------------
+
+def test_bench_counts_the_used_pairs_work():
+    B, T, D, H, Hd = 202, 5, 512, 256, 256
+    forward = 2 * B * D * H * 25 + 2 * 4 * B * H * Hd                        # 25 used pairs, 4 discriminators
+    for mode, factor in (("forward", 1), ("backward", 2), ("full", 3)):
+        flops, nbytes = bench.work(bench.SHAPES["ta3n"], torch.float32, mode)
+        assert flops == factor * forward
+    inputs = B * T * D + sum(H * n * D + H for n in (5, 4, 3, 2)) + 4 * (Hd * H + Hd + 2 * Hd + 2)
+    outputs = B * H + B * 4 + B * 4 * H + B * 4 * 2
+    assert bench.work(bench.SHAPES["ta3n"], torch.bfloat16, "full") == (3 * forward, 2 * (3 * inputs + 2 * outputs))
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="checks the behaviour without a GPU")
+def test_bench_without_a_gpu():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    gpu = subprocess.run([sys.executable, "kernels/bench.py"], cwd=root, env=env, capture_output=True, text=True)
+    assert gpu.returncode == 1 and gpu.stdout == "" and gpu.stderr.startswith("error: ")
+    assert len(gpu.stderr.strip().splitlines()) == 1
+    cpu = subprocess.run([sys.executable, "kernels/bench.py", "--device", "cpu", "--rounds", "1"], cwd=root,
+                         env=dict(env, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert cpu.returncode == 0, cpu.stderr
+    rows = [line.split("|")[1:-1] for line in cpu.stdout.splitlines() if line.startswith("| ta3n")]
+    assert [r[1].strip() for r in rows] == ["torch (reference)", "official loop"]
+    assert all(float(r[2].split()[0]) > 0 for r in rows) and rows[0][4].strip() == "1.00×"
