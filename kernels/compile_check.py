@@ -15,10 +15,12 @@ the shared memory. The exit status is 1 on any compile failure or any spill, 0 o
 the functions, after TRITON_INTERPRET has been cleared, because Triton reads it when the kernels are decorated.
 """
 import argparse
+import atexit
 import contextlib
 import io
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -165,7 +167,8 @@ def check(launches, archs, label, seen):
 
 
 def use_the_compiler():
-    """Compile for real (not the interpreter), run ptxas on every compile and keep its -v report, in a fresh cache."""
+    """Compile for real (not the interpreter), run ptxas on every compile and keep its -v report, in a fresh cache
+    directory that is removed at exit."""
     os.environ["TRITON_INTERPRET"] = "0"
     if "kernels.relation" in sys.modules and sys.modules["kernels.relation"].triton.knobs.runtime.interpret:
         raise SystemExit("error: kernels was imported with TRITON_INTERPRET=1; run this script in a fresh process")
@@ -173,6 +176,7 @@ def use_the_compiler():
     knobs.compilation.always_compile = True
     knobs.nvidia.dump_ptxas_log = True
     knobs.cache.dir = tempfile.mkdtemp(prefix="vidda-compile-check-")
+    atexit.register(shutil.rmtree, knobs.cache.dir, ignore_errors=True)
 
 
 def main(argv=None):

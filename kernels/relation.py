@@ -26,7 +26,7 @@ H = Hd = 256, fp32 (G: number of distinct widths F, one bmm each; used_pairs gro
                                                                                         P 5.2 MB twice)
   kept for backward   gathered inputs: 217 GB at        P: 447 MB at T = 16, all        1 ReLU' bit per (tuple, video,
                       T = 16, all                                                       unit): 0.06 MB / 424 MB
-  launches fwd / bwd  ≈ 4 / 8 per tuple                 6 / 10                          7 + G / 14 + 2·G (G = 3 at
+  launches fwd / bwd  ≈ 4 / 8 per tuple                 6 / 10                          7 + G / 13 + 2·G (G = 3 at
                                                                                         TA3N and T = 16 official)
 The loop is launch-bound on a GPU. Programs per launch at TA3N's shape: relation forward B·S·H/256 = 808, attention
 forward and backward B = 202 (one video each; the two Hd × H layers of all S discriminators are one torch.bmm each),
@@ -145,10 +145,11 @@ def _plan(tuples, num_frames, hidden, device):
     for width, s, j, f in blocks:
         row[s, j, f] = torch.arange(first, first + width)
         first += width
-    widths = [b[0] for b in blocks]
-    width_groups = [dict(first_block=widths.index(w), size=widths.count(w), width=w,
-                         rows=slice(sum(widths[:widths.index(w)]), sum(widths[:widths.index(w)]) + w * widths.count(w)))
-                    for w in sorted(set(widths))]
+    widths, width_groups, first_block, first = [b[0] for b in blocks], [], 0, 0
+    for width in sorted(set(widths)):                                 # blocks of one width are consecutive
+        size = widths.count(width)
+        width_groups.append(dict(first_block=first_block, size=size, rows=slice(first, first + width * size)))
+        first_block, first = first_block + size, first + width * size
     block_of = {(s, j): k for k, (_, s, j, _) in enumerate(blocks)}
     # dL/dW comes out in block order (block k, unit h); nn.Linear's W_n viewed (H·n, D) is (h, j)
     grad_rows = torch.cat([(torch.tensor([block_of[s, j] for j in range(n)]) * hidden
@@ -190,12 +191,6 @@ def _plan(tuples, num_frames, hidden, device):
         _PLANS.pop(next(iter(_PLANS)))
     _PLANS[key] = plan
     return plan
-
-
-def _gather_sum(values, rows):
-    """Σ_c values[rows[k, c]] for every k: a segment sum in a fixed order (deterministic, no atomics); padding rows
-    point at an all-zero last row of `values`."""
-    return values.index_select(0, rows.reshape(-1)).view(*rows.shape, *values.shape[1:]).sum(1)
 
 
 class _GradientReversal(torch.autograd.Function):
@@ -462,6 +457,12 @@ def _stacked_weights(weights, plan, dtype):
     """Every W_n^(j) (H, D), stacked in the Triton row order: (Σ_n n, H, D), frames.dtype."""
     per_position = [w.view(w.shape[0], n, -1) for w, n in zip(weights, plan["sizes"])]
     return torch.stack([per_position[s][:, j] for s, j in plan["blocks"]]).to(dtype)
+
+
+def _gather_sum(values, rows):
+    """Σ_c values[rows[k, c]] for every k: a segment sum in a fixed order (deterministic, no atomics); padding rows
+    point at an all-zero last row of `values`."""
+    return values.index_select(0, rows.reshape(-1)).view(*rows.shape, *values.shape[1:]).sum(1)
 
 
 # ---- autograd ----

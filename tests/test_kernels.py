@@ -1,5 +1,7 @@
 """kernels/: the fused relation-attention op against a float64 oracle (forward and gradients, several awkward shapes),
-gradcheck, the GRL's sign and scale, hand-computed entropy/attention values, the tuple table, dtypes and dispatch.
+gradcheck, the GRL's sign and scale, hand-computed entropy/attention values, the tuple table and its used pairs (by
+hand, and the reference against the previous formulas on random tables), dtypes, dispatch and the benchmark's
+arithmetic. The GPU compilation of the kernels is checked in tests/test_compile_check.py.
 
 Without a GPU, tests/conftest.py sets TRITON_INTERPRET=1 before `kernels` is imported, so the Triton kernels run
 through the interpreter on the CPU (tiny shapes keep this file to about a minute on 2 cores); on a GPU they run
