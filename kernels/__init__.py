@@ -5,6 +5,8 @@ from .relation import (
     relation_attention_reference,
     relation_tuples,
     self_check,
+    used_pairs,
 )
 
-__all__ = ["relation_tuples", "relation_attention", "relation_attention_reference", "official_loop_reference", "self_check"]
+__all__ = ["relation_tuples", "used_pairs", "relation_attention", "relation_attention_reference",
+           "official_loop_reference", "self_check"]

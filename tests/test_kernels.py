@@ -1,17 +1,24 @@
 """kernels/: the fused relation-attention op against a float64 oracle (forward and gradients, several awkward shapes),
-gradcheck, the GRL's sign and scale, hand-computed entropy/attention values, the tuple table, dtypes and dispatch.
+gradcheck, the GRL's sign and scale, hand-computed entropy/attention values, the tuple table and its used pairs (by
+hand, and the reference against the previous formulas on random tables), dtypes, dispatch and the benchmark's
+arithmetic. The GPU compilation of the kernels is checked in tests/test_compile_check.py.
 
 Without a GPU, tests/conftest.py sets TRITON_INTERPRET=1 before `kernels` is imported, so the Triton kernels run
 through the interpreter on the CPU (tiny shapes keep this file to about a minute on 2 cores); on a GPU they run
 compiled. No timing assertions here: timings live in kernels/bench.py.
 """
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from kernels import official_loop_reference, relation_attention, relation_attention_reference, relation_tuples
+from kernels import (official_loop_reference, relation_attention, relation_attention_reference, relation_tuples,
+                     used_pairs)
+import kernels.bench as bench
 import kernels.relation as kernels_relation
 from helpers import assert_close
 
@@ -83,7 +90,7 @@ def as_float64(frames, relation, disc):
 
 def test_official_table_for_five_frames():
     want = {5: [(0, 1, 2, 3, 4)], 4: [(0, 1, 2, 3), (0, 1, 3, 4), (1, 2, 3, 4)], 3: [(0, 1, 2), (0, 2, 4), (1, 2, 4)],
-            2: [(0, 1), (1, 2), (2, 3)]}                                        # ../shared/reference/ta3n.md §2.2
+            2: [(0, 1), (1, 2), (2, 3)]}                         # official TA3N code, TRNmodule.py:60-71
     table = relation_tuples(5)
     assert [t.shape[1] for t in table] == [5, 4, 3, 2]
     for t in table:
@@ -100,6 +107,65 @@ def test_table_counts_and_order(T):
         assert len({tuple(r) for r in f.tolist()}) == f.shape[0]                 # no duplicates
         for t in (f, o):
             assert bool((t[:, 1:] > t[:, :-1]).all()) and t.min() >= 0 and t.max() < T   # strictly increasing in time
+
+
+def listed(pairs):
+    """used_pairs() as plain lists: (scale, position, frame) per row, tuple rows per scale, groups per scale."""
+    rows = list(zip(*(pairs[k].tolist() for k in ("pair_scale", "pair_position", "pair_frame"))))
+    groups = [[(p.tolist(), f.tolist()) for p, f in scale] for scale in pairs["groups"]]
+    return rows, [t.tolist() for t in pairs["tuple_rows"]], groups
+
+
+def test_used_pairs_three_frames():
+    """T = 3 (the official table is every tuple): 3 + 4 rows instead of 3·3 + 3·2 frame-position products."""
+    rows, tuple_rows, groups = listed(used_pairs(relation_tuples(3)))
+    assert rows == [(0, 0, 0), (0, 1, 1), (0, 2, 2),                               # scale 3: (0, 1, 2)
+                    (1, 0, 0), (1, 0, 1), (1, 1, 1), (1, 1, 2)]                    # scale 2: frames 0-1 at j=0, 1-2 at j=1
+    assert tuple_rows == [[[0, 1, 2]], [[0, 2], [0, 3], [1, 3]]]                   # (0, 1), (0, 2), (1, 2); rows per scale
+    assert groups == [[([0, 1, 2], [[0], [1], [2]])], [([0, 1], [[0, 1], [1, 2]])]]
+
+
+def test_used_pairs_official_five_frames():
+    """TA3N's table: 25 distinct (frame, position) pairs where the official loop multiplies 32."""
+    rows, tuple_rows, groups = listed(used_pairs(relation_tuples(5)))
+    want = [(0, j, j) for j in range(5)]                                           # scale 5: (0, 1, 2, 3, 4)
+    want += [(1, j, t) for j in range(4) for t in (j, j + 1)]                      # scale 4: j uses frames j, j + 1
+    want += [(2, 0, 0), (2, 0, 1), (2, 1, 1), (2, 1, 2), (2, 2, 2), (2, 2, 4)]     # scale 3: (0,1,2) (0,2,4) (1,2,4)
+    want += [(3, 0, 0), (3, 0, 1), (3, 0, 2), (3, 1, 1), (3, 1, 2), (3, 1, 3)]     # scale 2: (0,1) (1,2) (2,3)
+    assert rows == want and len(rows) == 25
+    assert tuple_rows == [[[0, 1, 2, 3, 4]],
+                          [[0, 2, 4, 6], [0, 2, 5, 7], [1, 3, 5, 7]],
+                          [[0, 2, 4], [0, 3, 5], [1, 3, 5]],
+                          [[0, 3], [1, 4], [2, 5]]]
+    assert groups == [[([0, 1, 2, 3, 4], [[0], [1], [2], [3], [4]])],
+                      [([0, 1, 2, 3], [[0, 1], [1, 2], [2, 3], [3, 4]])],
+                      [([0, 1, 2], [[0, 1], [1, 2], [2, 4]])],
+                      [([0, 1], [[0, 1, 2], [1, 2, 3]])]]
+
+
+def test_used_pairs_ragged_table():
+    """Positions that use different numbers of frames form separate groups, narrowest first."""
+    rows, tuple_rows, groups = listed(used_pairs([torch.tensor([[0, 1, 2]]), torch.tensor([[0, 1], [0, 3]])]))
+    assert rows == [(0, 0, 0), (0, 1, 1), (0, 2, 2), (1, 0, 0), (1, 1, 1), (1, 1, 3)]
+    assert tuple_rows == [[[0, 1, 2]], [[0, 1], [0, 2]]]
+    assert groups == [[([0, 1, 2], [[0], [1], [2]])], [([0], [[0]]), ([1], [[1, 3]])]]
+
+
+@pytest.mark.parametrize("T", [2, 3, 5, 8, 16])
+def test_used_pairs_never_exceed_the_loop(T):
+    """Each tuple element is one used pair; full tables use position j with frames j..T−n+j only."""
+    for max_per_scale in (3, None):
+        tables = relation_tuples(T, max_per_scale)
+        pairs = used_pairs(tables)
+        count = len(pairs["pair_frame"])
+        assert count <= sum(t.numel() for t in tables) and count <= T * sum(t.shape[1] for t in tables)
+        if max_per_scale is None:
+            assert count == sum(n * (T - n + 1) for n in range(2, T + 1))
+        offset = 0
+        for tup, rows in zip(tables, pairs["tuple_rows"]):                          # each element's row: its frame, j
+            assert torch.equal(pairs["pair_frame"][rows + offset], tup)
+            assert torch.equal(pairs["pair_position"][rows + offset], torch.arange(tup.shape[1]).expand_as(tup))
+            offset += int(rows.max()) + 1
 
 
 # ---- 2. the reference against hand-computed values ------------------------------------------------------------
@@ -289,6 +355,63 @@ def test_official_loop_matches_reference():
         assert_close(g, w, 1e-12, 1e-12, "reference vs official loop")
 
 
+def random_tables(T, seed):
+    """Per scale a random, time-ordered subset (1 to 6 tuples) of the n-frame combinations: mostly ragged groups."""
+    g = torch.Generator().manual_seed(seed)
+    tables = []
+    for n, full in zip(range(T, 1, -1), relation_tuples(T, max_per_scale=None)):
+        keep = torch.randperm(full.shape[0], generator=g)[:int(torch.randint(1, 7, (1,), generator=g))]
+        tables.append(full[keep.sort().values])
+    return tables
+
+
+def previous_relations(frames, tuples, relation_weights, form):
+    """R (B, S, H) by the two forms of the previous reference: "gather" concatenates each tuple's frames into one
+    Linear; "all-frames" projects every frame at every position of every scale and gather-sums n rows."""
+    B, T, D = frames.shape
+    relations = []
+    for tup, (weight, bias) in zip(tuples, relation_weights):
+        num_tuples, n = tup.shape
+        if form == "gather":
+            pre = F.linear(frames[:, tup].reshape(B, num_tuples, n * D), weight, bias)
+        else:
+            per_position = weight.reshape(-1, n, D).permute(2, 1, 0).reshape(D, -1)
+            projected = (frames.reshape(B * T, D) @ per_position).view(B, T, n, -1)     # (B, T, n, H)
+            pre = bias + sum(projected[:, tup[:, j], j] for j in range(n))
+        relations.append(F.relu(pre).sum(1))
+    return torch.stack(relations, 1)
+
+
+@pytest.mark.parametrize("T, seed", [(3, 0), (5, 1), (6, 2), (9, 3)])
+@pytest.mark.parametrize("form", ["gather", "all-frames"])
+def test_used_pairs_reference_matches_previous_formula(T, seed, form):
+    """R and its gradients (w.r.t. frames, W_n, b_n) from used pairs equal the previous formulas' on random tables."""
+    frames, _, relation, _ = make_problem(3, T, 7, 9, 4, None, dtype=torch.float64, discriminators=False, seed=seed)
+    tables = random_tables(T, seed)                                              # same scales as make_problem's
+    upstream = torch.randn(3, len(tables), 9, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+    leaves_ = [frames] + [p for pair in relation for p in pair]
+    _, _, got, _ = relation_attention_reference(frames, tables, relation, None, 0.5)
+    want = previous_relations(frames, tables, relation, form)
+    assert_close(got, want, 1e-12, 1e-12, "R")
+    for k, (g, w) in enumerate(zip(torch.autograd.grad((got * upstream).sum(), leaves_),
+                                   torch.autograd.grad((want * upstream).sum(), leaves_))):
+        assert_close(g, w, 1e-12, 1e-12, f"gradient of leaf {k}")
+
+
+@pytest.mark.parametrize("T, seed", [(4, 4), (7, 5)])
+def test_triton_on_random_tables(T, seed):
+    """Ragged tables (several groups per scale, rows shared by 1 to 6 tuples) through the Triton path."""
+    atol, rtol = TOLERANCES[(DEVICE, torch.float32)]
+    frames, _, relation, disc = make_problem(5, T, 6, 20, 16, None, seed=seed)
+    tables = [t.to(DEVICE) for t in random_tables(T, seed)]
+    upstream = random_upstream(5, len(tables), 20)
+    outs, grads = run(relation_attention, frames, tables, relation, disc, 0.75, upstream, backend="triton")
+    x64, rel64, disc64 = as_float64(frames, relation, disc)
+    want, want_grads = run(relation_attention_reference, x64, tables, rel64, disc64, 0.75, upstream)
+    for got, ref in zip(list(outs) + list(grads), list(want) + list(want_grads)):
+        assert_close(got, ref, atol * max(1.0, ref.abs().max().item()), rtol, "output or gradient")
+
+
 # ---- 6. dispatch and bad input -------------------------------------------------------------------------------------
 
 def test_dispatch(monkeypatch):
@@ -335,3 +458,31 @@ def test_self_check_passes_and_catches_a_wrong_kernel(monkeypatch):
     monkeypatch.setattr(kernels_relation, "RelationAttentionFunction", None)
     ok, message = kernels_relation.self_check(device)
     assert not ok and message.startswith("AttributeError")
+
+
+# ---- 7. the benchmark's arithmetic and its behaviour without a GPU -------------------------------------------------
+
+def test_bench_counts_the_used_pairs_work():
+    B, T, D, H, Hd = 202, 5, 512, 256, 256
+    forward = 2 * B * D * H * 25 + 2 * 4 * B * H * Hd                        # 25 used pairs, 4 discriminators
+    for mode, factor in (("forward", 1), ("backward", 2), ("full", 3)):
+        flops, nbytes = bench.work(bench.SHAPES["ta3n"], torch.float32, mode)
+        assert flops == factor * forward
+    inputs = B * T * D + sum(H * n * D + H for n in (5, 4, 3, 2)) + 4 * (Hd * H + Hd + 2 * Hd + 2)
+    outputs = B * H + B * 4 + B * 4 * H + B * 4 * 2
+    assert bench.work(bench.SHAPES["ta3n"], torch.bfloat16, "full") == (3 * forward, 2 * (3 * inputs + 2 * outputs))
+
+
+@pytest.mark.skipif(DEVICE == "cuda", reason="checks the behaviour without a GPU")
+def test_bench_without_a_gpu():
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    gpu = subprocess.run([sys.executable, "kernels/bench.py"], cwd=root, env=env, capture_output=True, text=True)
+    assert gpu.returncode == 1 and gpu.stdout == "" and gpu.stderr.startswith("error: ")
+    assert len(gpu.stderr.strip().splitlines()) == 1
+    cpu = subprocess.run([sys.executable, "kernels/bench.py", "--device", "cpu", "--rounds", "1"], cwd=root,
+                         env=dict(env, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=300)
+    assert cpu.returncode == 0, cpu.stderr
+    rows = [line.split("|")[1:-1] for line in cpu.stdout.splitlines() if line.startswith("| ta3n")]
+    assert [r[1].strip() for r in rows] == ["torch (reference)", "official loop"]
+    assert all(float(r[2].split()[0]) > 0 for r in rows) and rows[0][4].strip() == "1.00×"
