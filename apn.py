@@ -4,7 +4,7 @@ Zhiyu Yao, Yunbo Wang, Xingqiang Du, Mingsheng Long, Jianmin Wang: "Adversarial 
 Generalization", arXiv 1912.03716, https://arxiv.org/abs/1912.03716 (journal version "VideoDG", TPAMI 2021).
 Official code: github.com/thuml/VideoDG, read at 0d6fe1c3 (../shared/reference/methods.md §3).
 
-    python apn.py                                       # SYNTHETIC: train on synth-a, test on unseen synth-b, synth-c
+    python apn.py                                       # SYNTHETIC: train on synth2-a, test on unseen synth2-b, synth2-c
     python apn.py --source ucf --target hmdb --data-root DATA
     python apn.py --no-ada                              # the pyramid alone (the paper's "APN" rows)
 
@@ -87,7 +87,7 @@ import data
 
 @dataclass
 class Args(data.RunArgs):
-    target: list[str] = field(default_factory=lambda: ["synth-b", "synth-c"],
+    target: list[str] = field(default_factory=lambda: ["synth2-b", "synth2-c"],
                               metadata={"help": "unseen target domain(s), only tested; several allowed"})
     epochs: int = field(default=5, metadata={"help": "training epochs (paper 150, use that on real features; the "
                                              "synthetic source is fit after 1-2 epochs and 5 keep a CPU run short)"})
@@ -394,7 +394,7 @@ def dg_data(args):
     if synthetic:
         for t in targets:
             if t not in data.SYNTHETIC_DOMAINS:
-                data.fail(f"cannot pair {args.source!r} with {t!r}: both must be synthetic (synth-a/b/c) or both real")
+                data.fail(f"cannot pair {args.source!r} with {t!r}: both must be synthetic (synth2-a/b/c) or both real")
         make = lambda domain, part: data.make_synthetic_split(domain, part, args.synth_seed, args.synth_dim)
         source_train, source_test = make(args.source, "train"), make(args.source, "val")
         tests = {t: make(t, "val") for t in targets}                              # target TRAIN parts never exist

@@ -6,7 +6,7 @@ DA methods to video by putting them on two backbones: TemPooling (mean over fram
 This file holds those baselines, plus CDAN (TCoN's baseline) and the TSN/TRN domain-generalization baselines
 (APN's comparison), one `# ==== NAME ====` section each.
 
-    python baselines.py --method dann --temporal relation              # synth-a -> synth-b by default
+    python baselines.py --method dann --temporal relation              # synth2-a -> synth2-b by default
     python baselines.py --method jan --temporal pooling --source ucf --target hmdb --data-root DATA
 
 Methods (--method), each on --temporal pooling|relation (auto: relation, tsn: pooling)

@@ -5,7 +5,7 @@ for Large-Scale Video Domain Adaptation", ICCV 2019, https://arxiv.org/abs/1907.
 official code (github.com/cmhungsteve/TA3N, commit 2c65b5d) and its UCF→HMDB_full script (script_train_val.sh);
 file:line citations are in that repository. Notes, flags and measured numbers: docs/ta3n.md.
 
-    python ta3n.py                                            # SYNTHETIC benchmark synth-a -> synth-b
+    python ta3n.py                                            # SYNTHETIC benchmark synth2-a -> synth2-b
     python ta3n.py --source ucf --target hmdb --data-root DATA          # the official setting (U→H)
     python ta3n.py --source hmdb --target ucf --data-root DATA          # H→U preset: β_relation 1, γ 0.3
     python ta3n.py --variant ta2n                             # all discriminators, no attention (Table 6-8)

@@ -4,7 +4,7 @@ Boxiao Pan*, Zhangjie Cao*, Ehsan Adeli, Juan Carlos Niebles: "Adversarial Cross
 Co-Attention", AAAI 2020, https://arxiv.org/abs/1912.10405. No official code exists (../shared/reference/
 methods.md §2.2), so this file is the reference: every detail the paper leaves open is decided below, with why.
 
-    python tcon.py                                             # SYNTHETIC synth-a -> synth-b
+    python tcon.py                                             # SYNTHETIC synth2-a -> synth2-b
     python tcon.py --source ucf --target hmdb --data-root DATA
     python tcon.py --backbone trn                              # TRN relation tokens (paper Table 3, vs TA3N)
     python tcon.py --source-only                               # the paper's "TSN" row: source labels only

@@ -1,17 +1,22 @@
 """Compare every method and baseline under one protocol: same data, sampling, budget and evaluation.
 
-    python benchmark/compare.py                                   # synthetic synth-a -> synth-b, seeds 1 2 3
-    python benchmark/compare.py --source ucf --target hmdb --data-root ~/ta3n-data --seeds 1 2 3
-    python benchmark/compare.py --methods ta3n source-only-relation --epochs 10 --jobs 2
+    python -m benchmark.compare                                   # SYNTHETIC synth2-a -> synth2-b, seeds 1 2 3
+    python -m benchmark.compare --source ucf --target hmdb --data-root ~/ta3n-data --jobs 2
+    python -m benchmark.compare --methods ta3n source-only-relation --epochs 10
+    python -m benchmark.compare --readme                          # run nothing: results.json -> README table
 
 Each run is one subprocess of a method script with the shared flags (`--source --target --data-root --epochs
---seed --out`); its metrics.json is the only thing read back. Finished runs (a complete metrics.json with the
-same arguments) are skipped, so an interrupted comparison resumes where it stopped. Writes `<out>/results.md` (a
-Markdown table: mean ± std over seeds of the last-epoch, source-selected and oracle target top-1, and wall time
-per run) and `<out>/results.json` (every run's numbers).
+--seed --out`) and `--threads` torch threads (OMP_NUM_THREADS; default 1, as the committed table); its
+metrics.json is the only thing read back. Finished runs (a complete metrics.json with the same command) are
+skipped, so an interrupted comparison resumes where it stopped, and running a few `--methods` keeps the other
+methods' finished runs in the table. Writes `<out>/results.md` and `<out>/results.json` (every seed's numbers and
+the command that made them); `--readme` renders that results.json into README.md, so no number of the README
+table is typed by hand (tests/test_compare.py checks that they agree).
 
-The paper column holds the numbers the papers report on real UCF->HMDB_full ResNet-101 features; it is never
-mixed with ours, and on the synthetic benchmark it only says where each method stands in its paper.
+Each row is compared with the source-only row on the same backbone (source-selected top-1, the protocol's
+number that uses no target label): the difference is called a gain or a loss only when it exceeds the sum of
+the two standard deviations over seeds. The paper column holds the numbers the papers report on real
+UCF->HMDB_full ResNet-101 features; it is never mixed with ours.
 """
 import argparse
 import json
@@ -24,38 +29,51 @@ from concurrent.futures import ThreadPoolExecutor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# name -> (script, extra flags, paper U->H_full top-1 or None, where the paper number comes from)
-# Every method runs with its script's own defaults apart from the flags listed here.
+# name -> (script, extra flags, the source-only row on the same backbone (None for reference rows), paper U->H_full
+# top-1 or None, where the paper number comes from). Every method runs with its script's own defaults apart from the
+# flags listed here.
 METHODS = {
-    "target-only-pooling": ("baselines.py", ["--method", "target-only", "--temporal", "pooling"], 80.56, "TA3N T3"),
-    "target-only-relation": ("baselines.py", ["--method", "target-only", "--temporal", "relation"], 82.78, "TA3N T3"),
-    "source-only-pooling": ("baselines.py", ["--method", "source-only", "--temporal", "pooling"], 70.28, "TA3N T3"),
-    "source-only-relation": ("baselines.py", ["--method", "source-only", "--temporal", "relation"], 71.67, "TA3N T3"),
-    "dann-pooling": ("baselines.py", ["--method", "dann", "--temporal", "pooling"], 71.11, "TA3N T3"),
-    "dann-relation": ("baselines.py", ["--method", "dann", "--temporal", "relation"], 75.28, "TA3N T3"),
-    "jan-pooling": ("baselines.py", ["--method", "jan", "--temporal", "pooling"], 71.39, "TA3N T3"),
-    "jan-relation": ("baselines.py", ["--method", "jan", "--temporal", "relation"], 74.72, "TA3N T3"),
-    "adabn-pooling": ("baselines.py", ["--method", "adabn", "--temporal", "pooling"], 75.56, "TA3N T3"),
-    "adabn-relation": ("baselines.py", ["--method", "adabn", "--temporal", "relation"], 72.22, "TA3N T3"),
-    "mcd-pooling": ("baselines.py", ["--method", "mcd", "--temporal", "pooling"], 71.67, "TA3N T3"),
-    "mcd-relation": ("baselines.py", ["--method", "mcd", "--temporal", "relation"], 73.89, "TA3N T3"),
-    "cdan-pooling": ("baselines.py", ["--method", "cdan", "--temporal", "pooling"], None, ""),
-    "cdan-relation": ("baselines.py", ["--method", "cdan", "--temporal", "relation"], None, ""),
-    "ta2n": ("ta3n.py", ["--variant", "ta2n"], 77.22, "TA3N T3"),
-    "ta3n": ("ta3n.py", [], 78.33, "TA3N T3"),
-    "tcon": ("tcon.py", [], None, "the paper's U→H_full number uses the TRN backbone"),
-    "tcon-trn": ("tcon.py", ["--backbone", "trn"], 87.24, "TCoN T3, TRN backbone"),
-    # MA2L-TD at CPU widths and 10 epochs (the paper widths take ~10 s per step on one core; see README)
-    "ma2l-td": ("ma2l_td.py", ["--epochs", "10", "--bottleneck-dim", "64", "--disc-hidden", "128"], 85.00,
-                "MA2L-TD T3"),
-    "ma2l-td-code-entropy": ("ma2l_td.py", ["--epochs", "10", "--bottleneck-dim", "64", "--disc-hidden", "128",
-                                            "--entropy-weight", "0.0833"], None, "L_t weight 1/C as the code"),
+    "target-only-pooling": ("baselines.py", ["--method", "target-only", "--temporal", "pooling"], None, 80.56,
+                            "TA3N T3"),
+    "target-only-relation": ("baselines.py", ["--method", "target-only", "--temporal", "relation"], None, 82.78,
+                             "TA3N T3"),
+    "source-only-pooling": ("baselines.py", ["--method", "source-only", "--temporal", "pooling"], None, 70.28,
+                            "TA3N T3"),
+    "source-only-relation": ("baselines.py", ["--method", "source-only", "--temporal", "relation"], None, 71.67,
+                             "TA3N T3"),
+    "dann-pooling": ("baselines.py", ["--method", "dann", "--temporal", "pooling"], "source-only-pooling", 71.11,
+                     "TA3N T3"),
+    "dann-relation": ("baselines.py", ["--method", "dann", "--temporal", "relation"], "source-only-relation", 75.28,
+                      "TA3N T3"),
+    "jan-pooling": ("baselines.py", ["--method", "jan", "--temporal", "pooling"], "source-only-pooling", 71.39,
+                    "TA3N T3"),
+    "jan-relation": ("baselines.py", ["--method", "jan", "--temporal", "relation"], "source-only-relation", 74.72,
+                     "TA3N T3"),
+    "adabn-pooling": ("baselines.py", ["--method", "adabn", "--temporal", "pooling"], "source-only-pooling", 75.56,
+                      "TA3N T3"),
+    "adabn-relation": ("baselines.py", ["--method", "adabn", "--temporal", "relation"], "source-only-relation",
+                       72.22, "TA3N T3"),
+    "mcd-pooling": ("baselines.py", ["--method", "mcd", "--temporal", "pooling"], "source-only-pooling", 71.67,
+                    "TA3N T3"),
+    "mcd-relation": ("baselines.py", ["--method", "mcd", "--temporal", "relation"], "source-only-relation", 73.89,
+                     "TA3N T3"),
+    "cdan-pooling": ("baselines.py", ["--method", "cdan", "--temporal", "pooling"], "source-only-pooling", None, ""),
+    "cdan-relation": ("baselines.py", ["--method", "cdan", "--temporal", "relation"], "source-only-relation", None,
+                      ""),
+    "ta2n": ("ta3n.py", ["--variant", "ta2n"], "source-only-relation", 77.22, "TA3N T3"),
+    "ta3n": ("ta3n.py", [], "source-only-relation", 78.33, "TA3N T3"),
+    "tcon": ("tcon.py", [], "source-only-pooling", None, "the paper's U→H_full number uses the TRN backbone"),
+    "tcon-trn": ("tcon.py", ["--backbone", "trn"], "source-only-relation", 87.24, "TCoN T3, TRN backbone"),
+    "ma2l-td-source-only": ("ma2l_td.py", ["--no-adaptation"], None, None, ""),
+    "ma2l-td": ("ma2l_td.py", [], "ma2l-td-source-only", 85.00, "MA2L-TD T3"),
     # video domain generalization: no target data in training (the target is only tested)
-    "dg-tsn": ("baselines.py", ["--method", "tsn"], None, "APN T1 uses its own split: not comparable"),
-    "dg-trn": ("baselines.py", ["--method", "trn"], None, "APN T1 uses its own split: not comparable"),
-    "dg-apn": ("apn.py", ["--no-ada"], None, "APN T1 uses its own split: not comparable"),
-    "dg-apn-ada": ("apn.py", [], None, "APN T1 uses its own split: not comparable"),
+    "dg-tsn": ("baselines.py", ["--method", "tsn"], None, None, "APN T1 uses its own split: not comparable"),
+    "dg-trn": ("baselines.py", ["--method", "trn"], None, None, "APN T1 uses its own split: not comparable"),
+    "dg-apn": ("apn.py", ["--no-ada"], "dg-trn", None, "APN T1 uses its own split: not comparable"),
+    "dg-apn-ada": ("apn.py", [], "dg-trn", None, "APN T1 uses its own split: not comparable"),
 }
+RESULTS = os.path.join(REPO, "benchmark", "results")
+README_START, README_END = "<!-- results-table:start -->", "<!-- results-table:end -->"
 
 
 def run_one(job):
@@ -89,25 +107,83 @@ def mean_std(values):
     return f"{statistics.mean(values):.2f} ± {sd:.2f}"
 
 
+def gain_cell(row: dict, base: dict) -> str:
+    """Source-selected top-1 minus the same backbone's source-only row, called a gain (or a loss) only when the
+    difference of the means exceeds the sum of the two standard deviations over seeds."""
+    a, b = row["source_selected"], base["source_selected"]
+    if len(a) < 2 or len(b) < 2:
+        return "–"
+    diff = statistics.mean(a) - statistics.mean(b)
+    spread = statistics.stdev(a) + statistics.stdev(b)
+    verdict = "gain" if diff > spread else "loss" if -diff > spread else "within spread"
+    return f"{diff:+.2f} vs {row['baseline']} ({verdict})"
+
+
+def render_table(results: dict) -> list:
+    """The Markdown table of a results.json (also what `--readme` writes into README.md)."""
+    epochs = results["epochs"]
+    lines = [f"Target top-1 (%) on **{results['data']}**{' (SYNTHETIC benchmark)' if results['synthetic'] else ''}, "
+             f"mean ± std over seeds {' '.join(map(str, results['seeds']))}"
+             f"{f', {epochs} epochs' if epochs else ', each script’s default epochs'}; "
+             f"`{results['command']}`.", "",
+             "| method | source-selected | vs source-only, same backbone (source-selected) | last epoch | "
+             "oracle (best target epoch) | wall time / run | paper, real U→H_full (not ours) |",
+             "|---|---|---|---|---|---|---|"]
+    rows = results["methods"]
+    for name, row in rows.items():
+        paper = row["paper_u2h_full"]
+        paper_cell = f"{paper:.2f} ({row['paper_where']})" if paper is not None else (row["paper_where"] or "–")
+        base = rows.get(row["baseline"]) if row["baseline"] else None
+        gain = gain_cell(row, base) if base else ("reference row" if not row["baseline"] else "–")
+        wall = f"{statistics.mean(row['wall_time_s']):.0f} s" if row["wall_time_s"] else "–"
+        seeds = "" if len(row["seeds"]) == len(results["seeds"]) else f" ({len(row['seeds'])}/{len(results['seeds'])} seeds)"
+        lines.append(f"| {name}{seeds} | {mean_std(row['source_selected'])} | {gain} | {mean_std(row['last'])} | "
+                     f"{mean_std(row['oracle'])} | {wall} | {paper_cell} |")
+    if results["failed"]:
+        lines += ["", "Failed runs (not in the means): " + "; ".join(results["failed"])]
+    return lines
+
+
+def write_readme_table(results_path: str, readme_path: str = os.path.join(REPO, "README.md")) -> str:
+    """Replace the README block between the results-table markers with the table of `results_path`."""
+    with open(results_path) as f:
+        table = "\n".join(render_table(json.load(f)))
+    with open(readme_path) as f:
+        text = f.read()
+    if README_START not in text or README_END not in text:
+        raise SystemExit(f"error: {readme_path} has no {README_START} ... {README_END} block")
+    head, rest = text.split(README_START, 1)
+    new = head + README_START + "\n" + table + "\n" + README_END + rest.split(README_END, 1)[1]
+    with open(readme_path, "w") as f:
+        f.write(new)
+    return table
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--source", default="synth-a")
-    p.add_argument("--target", default="synth-b")
+    p.add_argument("--source", default="synth2-a")
+    p.add_argument("--target", default="synth2-b")
     p.add_argument("--data-root", default=os.environ.get("VIDDA_DATA", "./data"))
     p.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
     p.add_argument("--epochs", type=int, default=None, help="override every script's default epoch count")
     p.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), metavar="METHOD")
     p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1) // 2), help="runs in parallel")
-    p.add_argument("--threads", type=int, default=0, help="torch threads per run (default: cores / jobs)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run (the committed table: 1)")
     p.add_argument("--out", default="", help="default benchmark/results/<source>_<target>")
     p.add_argument("--script-args", default="", help="extra flags for every run, one string (e.g. \"--synth-dim 16\")")
+    p.add_argument("--readme", action="store_true", help="run nothing: write the table of <out>/results.json into "
+                   "README.md (between the results-table markers)")
     a = p.parse_args(argv)
-    out = a.out or os.path.join(REPO, "benchmark", "results", f"{a.source}_{a.target}")
-    threads = a.threads or max(1, (os.cpu_count() or 1) // a.jobs)
+    out = a.out or os.path.join(RESULTS, f"{a.source}_{a.target}")
+    if a.readme:
+        print(write_readme_table(os.path.join(out, "results.json")))
+        return 0
 
+    # every method's runs: the requested ones are run (or found done); the others are read back when a finished run
+    # with the same command is on disk, so re-running a few methods keeps the rest of the table
     jobs = []
-    for name in a.methods:
-        script, flags, _, _ = METHODS[name]
+    for name in METHODS:
+        script, flags = METHODS[name][:2]
         for seed in a.seeds:
             run_dir = os.path.abspath(os.path.join(out, name, f"s{seed}"))
             cmd = [script, "--source", a.source, "--target", a.target, "--data-root", a.data_root,
@@ -115,45 +191,47 @@ def main(argv=None):
             if a.epochs:
                 cmd += ["--epochs", str(a.epochs)]
             cmd += a.script_args.split()
-            jobs.append((name, seed, cmd, run_dir, threads))
+            jobs.append((name, seed, cmd, run_dir, a.threads))
+    todo = [j for j in jobs if j[0] in a.methods]
     results, failed = {}, []
     with ThreadPoolExecutor(a.jobs) as pool:
-        for name, seed, m, status in pool.map(run_one, jobs):
+        for name, seed, m, status in pool.map(run_one, todo):
             print(f"{name:24s} seed {seed}: {status}", flush=True)
             if m is None:
                 failed.append(f"{name} seed {seed}: {status}")
             else:
                 results.setdefault(name, {})[seed] = m
+    for name, seed, cmd, run_dir, _ in jobs:
+        path = os.path.join(run_dir, "metrics.json")
+        if name not in a.methods and os.path.isfile(path):
+            with open(path) as f:
+                m = json.load(f)
+            if m.get("complete") and m.get("command") == cmd:
+                results.setdefault(name, {})[seed] = m
 
     synthetic = any(m["synthetic"] for runs in results.values() for m in runs.values())
     data_name = next((m["data"] for runs in results.values() for m in runs.values()), f"{a.source}->{a.target}")
-    lines = [f"Target top-1 (%) on **{data_name}**{' (SYNTHETIC benchmark)' if synthetic else ''}, "
-             f"mean ± std over seeds {' '.join(map(str, a.seeds))}"
-             f"{f', {a.epochs} epochs' if a.epochs else ', each script’s default epochs'}.", "",
-             "| method | last epoch | source-selected | oracle (best target epoch) | wall time / run | "
-             "paper, real U→H_full (not ours) |", "|---|---|---|---|---|---|"]
     table = {}
-    for name in a.methods:
-        runs = results.get(name, {})
-        get = lambda key: [100 * m["final"][key]["top1"] for m in runs.values()]
-        paper, where = METHODS[name][2], METHODS[name][3]
-        paper_cell = f"{paper:.2f} ({where})" if paper is not None else (where or "–")
-        wall = [m["wall_time_s"] for m in runs.values()]
-        cells = [mean_std(get("last")), mean_std(get("source_selected")), mean_std(get("oracle")),
-                 f"{statistics.mean(wall):.0f} s" if wall else "–"]
-        seeds = "" if len(runs) == len(a.seeds) else f" ({len(runs)}/{len(a.seeds)} seeds)"
-        lines.append(f"| {name}{seeds} | " + " | ".join(cells) + f" | {paper_cell} |")
+    for name, (script, flags, baseline, paper, where) in METHODS.items():
+        runs = results.get(name)
+        if not runs:
+            continue
+        get = lambda key: [100 * runs[s]["final"][key]["top1"] for s in sorted(runs)]
         table[name] = {"seeds": sorted(runs), "last": get("last"), "source_selected": get("source_selected"),
-                       "oracle": get("oracle"), "wall_time_s": wall, "paper_u2h_full": paper,
-                       "command": [METHODS[name][0], *METHODS[name][1]]}
-    if failed:
-        lines += ["", "Failed runs (not in the means): " + "; ".join(failed)]
+                       "oracle": get("oracle"), "wall_time_s": [runs[s]["wall_time_s"] for s in sorted(runs)],
+                       "baseline": baseline, "paper_u2h_full": paper, "paper_where": where,
+                       "command": [script, *flags]}
+    command = ("python -m benchmark.compare" + (f" --source {a.source} --target {a.target}" if a.out == "" and
+               (a.source, a.target) != ("synth2-a", "synth2-b") else "") + f" --seeds {' '.join(map(str, a.seeds))}"
+               + (f" --epochs {a.epochs}" if a.epochs else "") + f" --threads {a.threads}")
+    res = {"data": data_name, "synthetic": synthetic, "seeds": a.seeds, "epochs": a.epochs, "threads": a.threads,
+           "command": command, "methods": table, "failed": failed}
     os.makedirs(out, exist_ok=True)
+    lines = render_table(res)
     with open(os.path.join(out, "results.md"), "w") as f:
         f.write("\n".join(lines) + "\n")
     with open(os.path.join(out, "results.json"), "w") as f:
-        json.dump({"data": data_name, "synthetic": synthetic, "seeds": a.seeds, "epochs": a.epochs,
-                   "methods": table, "failed": failed}, f, indent=1)
+        json.dump(res, f, indent=1)
     print("\n".join(lines))
     print(f"wrote {os.path.join(out, 'results.md')} and results.json")
     return 1 if failed else 0

@@ -2,7 +2,7 @@
 
     python -m benchmark.make_layout --out /tmp/ta3n-layout            # 2048-d, 1438/571 UCF + 840/360 HMDB videos
 
-The frames are the synthetic benchmark's (data.make_synthetic_split: synth-a plays UCF101, synth-b HMDB51), rendered
+The frames are the synthetic benchmark's (data.make_synthetic_split: synth2-a plays UCF101, synth2-b HMDB51), rendered
 at --dim and saved exactly as the official extractor does: one torch.save'd 1-D float32 tensor per frame,
 <out>/<dataset>/RGB-Feature/<video>/img_%05d.t7 (1-based), and list files
 <out>/<dataset>/list_<dataset>_<train|val>_hmdb_ucf-feature.txt with absolute paths. It is synthetic data: use it
@@ -24,7 +24,7 @@ def main(argv=None):
     p.add_argument("--seed", type=int, default=0, help="synthetic benchmark seed")
     p.add_argument("--legacy", action="store_true", help="pre-1.6 torch serialization instead of zip")
     args = p.parse_args(argv)
-    for domain, folder in (("synth-a", "ucf101"), ("synth-b", "hmdb51")):
+    for domain, folder in (("synth2-a", "ucf101"), ("synth2-b", "hmdb51")):
         for part in ("train", "val"):
             split = data.make_synthetic_split(domain, part, args.seed, args.dim)
             root = os.path.abspath(os.path.join(args.out, folder))

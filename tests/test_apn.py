@@ -239,7 +239,7 @@ def test_ensemble_picks_the_most_confident_member():
 # ---- 5. protocol: the source split and the target guard ----------------------------------------------------------
 
 def test_stratified_split_70_30():
-    split = data.make_synthetic_split("synth-a", "train", 0, 4)
+    split = data.make_synthetic_split("synth2-a", "train", 0, 4)
     train, val = apn.stratified_split(split, 0.3, seed=0)
     counts = np.bincount(split.labels, minlength=12)
     assert (np.bincount(val.labels, minlength=12) == np.round(0.3 * counts)).all()
@@ -271,7 +271,7 @@ def test_no_target_tensor_reaches_training(tmp_path, monkeypatch):
     def make(domain, part, seed=0, dim=128):
         made.append((domain, part))
         split = real_make(domain, part, seed, dim)
-        if domain != "synth-a":
+        if domain != "synth2-a":
             split.features = guards.setdefault(domain, GuardedFeatures(split.features.numpy()))
         return split
 
@@ -285,8 +285,8 @@ def test_no_target_tensor_reaches_training(tmp_path, monkeypatch):
     apn.main(["--synth-dim", "8", "--hidden-dim", "8", "--epochs", "1", "--gammas", "1", "--ada-steps", "1",
               "--batch-size", "256", "--out", str(tmp_path)])
     assert runs[0].data.target_train is None
-    assert not any(part == "train" and domain != "synth-a" for domain, part in made)   # never even generated
-    for domain in ("synth-b", "synth-c"):
+    assert not any(part == "train" and domain != "synth2-a" for domain, part in made)   # never even generated
+    for domain in ("synth2-b", "synth2-c"):
         reads = guards[domain].reads
         assert reads and all(grad is False and via_eval and not in_train for grad, via_eval, in_train in reads)
 
@@ -321,25 +321,25 @@ def test_smoke_run(tmp_path, capsys):
     for name in ("metrics.json", "epochs.csv", "checkpoint.pt"):
         assert os.path.isfile(os.path.join(out, name))
     stored = json.load(open(os.path.join(out, "metrics.json")))
-    assert stored["args"]["target"] == ["synth-b", "synth-c"] and stored["args"]["gammas"] == ["0.1", "1"]
-    counts = np.bincount(data.make_synthetic_split("synth-a", "train", 0, 4).labels)
+    assert stored["args"]["target"] == ["synth2-b", "synth2-c"] and stored["args"]["gammas"] == ["0.1", "1"]
+    counts = np.bincount(data.make_synthetic_split("synth2-a", "train", 0, 4).labels)
     assert stored["complete"] and stored["synthetic"]
     assert stored["source_split"]["select"] == int(np.round(0.3 * counts).sum())
     assert stored["source_split"]["train"] + stored["source_split"]["select"] == 1438
     for key in ("last", "source_selected", "oracle"):
         assert 0 <= m["final"][key]["top1"] <= 1
-    for t in ("synth-b", "synth-c"):
+    for t in ("synth2-b", "synth2-c"):
         for rule in ("maxconf", "softavg", "gamma0.1", "gamma1"):
             for key in ("last", "source_selected", "oracle"):
                 assert 0 <= m["targets"][t][rule][key]["top1"] <= 1
     # the first target through data.Run and through the extra bookkeeping are the same numbers
-    assert m["targets"]["synth-b"]["maxconf"]["last"]["top1"] == m["final"]["last"]["top1"]
-    assert m["epochs"][-1]["synth-b_top1"] == m["epochs"][-1]["target_top1"]
+    assert m["targets"]["synth2-b"]["maxconf"]["last"]["top1"] == m["final"]["last"]["top1"]
+    assert m["epochs"][-1]["synth2-b_top1"] == m["epochs"][-1]["target_top1"]
     row = m["epochs"][-1]
     assert all(math.isfinite(v) for k, v in row.items() if isinstance(v, float))
     assert 0 < row["perturbation"] < 1
     # clearly above chance (1/12) on both unseen domains and in-domain
-    assert m["final"]["last"]["top1"] > 0.35 and row["synth-c_top1"] > 0.2          # chance: 1/12
+    assert m["final"]["last"]["top1"] > 0.35 and row["synth2-c_top1"] > 0.2          # chance: 1/12
     assert m["source_test_last"]["source_test_top1"] > 0.9                          # in-domain: easy
     assert "SYNTHETIC" in capsys.readouterr().out
 
@@ -358,7 +358,7 @@ def test_help_lists_shared_and_method_flags():
 
 
 @pytest.mark.parametrize("argv,message", [(["--gammas", "0.1", "x"], "--gammas"),
-                                          (["--target", "synth-a"], "must differ"),
+                                          (["--target", "synth2-a"], "must differ"),
                                           (["--target", "hmdb"], "both must be synthetic"),
                                           (["--num-segments", "2"], "--num-segments")])
 def test_bad_input_is_one_error_line(argv, message):

@@ -329,7 +329,7 @@ def test_smoke_run_outputs_and_accuracy(tmp_path, capsys):
 def test_smoke_run_source_only_pooling_and_default_output_folder(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
     m = baselines.main(["--method", "source-only", "--temporal", "pooling"] + SMOKE)
-    folder = tmp_path / "runs" / "baselines_source-only_pooling_synth-a_synth-b_s1"
+    folder = tmp_path / "runs" / "baselines_source-only_pooling_synth2-a_synth2-b_s1"
     assert os.path.isfile(folder / "metrics.json") and m["args"]["out"].endswith("s1")
     assert m["final"]["last"]["top1"] > 0.2 and m["parameters"] == 32 * 512 + 512 + 512 * 12 + 12
 
