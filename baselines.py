@@ -75,7 +75,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -501,24 +500,27 @@ def resolve(args) -> tuple:
 def main(argv=None) -> dict:
     args = data.parse_args(Args, argv, __doc__)
     temporal, sampling = resolve(args)
-    if not args.out:                                       # one folder per method and backbone
-        args.out = os.path.join("runs", f"baselines_{args.method}_{temporal}_{args.source}_{args.target}_s{args.seed}")
 
     # ---- run plumbing (identical in every script; see data.py) ----
-    run = data.Run(args, "baselines", with_target_train=args.method in UDA_METHODS + ["target-only"])
+    run = data.Run(args, "baselines", with_target_train=args.method in UDA_METHODS + ["target-only"],
+                   variant=f"{args.method}_{temporal}")                 # one output folder per method and backbone
     model = build_model(args, run.data.source_train.dim, run.data.num_classes, temporal).to(run.device)
     optimizers = make_optimizers(model, args)
     state = {"model": model, **{f"optimizer_{i}": opt for i, opt in enumerate(optimizers)}}
 
     # ---- method: the baseline picked by --method (train_one_epoch above) ----
     net = model["net"]
-    for epoch in run.epochs(state):
+    # AdaBN normalises each split with its own domain's statistics (domain 1 = target); MCD tests classifier 1
+    evaluate = dict(predict=lambda x: net.classifier(net(x, domain=1)[2]),
+                    predict_source=lambda x: net.classifier(net(x, domain=0)[2]))
+    if args.eval_only:                                     # --eval-only --checkpoint PATH: test, no training
+        run.load_trained(state)
+        run.end_epoch({}, **evaluate)
+    for epoch in run.epochs(state) if not args.eval_only else []:
         model.train()
         stats = train_one_epoch(run, model, optimizers, args, epoch, sampling)
         model.eval()
-        # AdaBN normalises each split with its own domain's statistics (domain 1 = target); MCD tests classifier 1
-        run.end_epoch(stats, predict=lambda x: net.classifier(net(x, domain=1)[2]),
-                      predict_source=lambda x: net.classifier(net(x, domain=0)[2]))
+        run.end_epoch(stats, **evaluate)
     return run.finish(extra={"method": args.method, "temporal": temporal, "train_sampling": sampling,
                              "parameters": sum(p.numel() for p in model.parameters())})
 

@@ -36,7 +36,10 @@ import os
 import platform
 import random
 import re
+import shlex
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 
@@ -81,6 +84,7 @@ class Split:
     labels: np.ndarray           # (N,) int64 in [0, C)
     videos: list                 # (N,) video folder or synthetic id
     origin: str                  # where it was read from (list file, cache) or "generated"
+    skipped: list = field(default_factory=list)   # [(video as listed, reason)] left out by --skip-bad-videos
 
     def __len__(self):
         return len(self.labels)
@@ -175,23 +179,42 @@ def _load_frame(path: str, dim):
     return t.numpy(), None
 
 
+def _read_cache(meta_path: str, array_path: str):
+    """The packed cache's metadata and memmap, or (None, reason) when either file is unreadable or truncated."""
+    try:
+        with open(meta_path) as f:
+            meta = json.load(f)
+        features = np.load(array_path, mmap_mode="r")
+        total = int(sum(meta["lengths"]))
+        if features.ndim != 2 or features.shape[0] != total or len(meta["offsets"]) != len(meta["lengths"]):
+            return None, f"holds {features.shape[0]} frames, its index {total}"
+        return (meta, features), None
+    except (OSError, ValueError, KeyError, TypeError, EOFError) as e:
+        return None, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else 'unreadable'}"
+
+
 def load_split(list_path: str, num_classes: int, data_root: str, cache_dir: str, name: str,
                skip_bad_videos: bool = False) -> Split:
     """Read an official list, packing all its frames into one memmap on first use (reused until it changes)."""
     rows = read_list_file(list_path)
-    dirs, lengths, labels = [], [], []
+    dirs, lengths, labels, listed, skipped = [], [], [], [], []
     for n, (video_dir, num_frames, label) in enumerate(rows, 1):
-        problem = None
+        problem, folder = None, reroot(video_dir, data_root)
         if num_frames <= 0:
             problem = f"{list_path}:{n}: video {video_dir} has {num_frames} frames"
         elif not 0 <= label < num_classes:
             problem = f"{list_path}:{n}: label {label} outside the class file's range 0..{num_classes - 1}"
+        elif not os.path.isdir(folder):
+            tried = os.path.join(data_root, *[p for p in video_dir.replace("\\", "/").split("/") if p][-3:])
+            problem = (f"{list_path}:{n}: video folder {video_dir} not found (nor its re-rooted path under the "
+                       f"data root, e.g. {tried})")
         if problem and not skip_bad_videos:
             fail(problem)
         if problem:
-            print(f"skipped: {problem}", file=sys.stderr)
+            skipped.append((video_dir, problem))
             continue
-        dirs.append(reroot(video_dir, data_root))
+        dirs.append(folder)
+        listed.append(video_dir)
         lengths.append(num_frames)
         labels.append(label)
 
@@ -199,25 +222,27 @@ def load_split(list_path: str, num_classes: int, data_root: str, cache_dir: str,
     key = hashlib.sha1(os.path.abspath(list_path).encode()).hexdigest()[:16]
     meta_path, array_path = os.path.join(cache_dir, key + ".json"), os.path.join(cache_dir, key + ".npy")
     fingerprint = _fingerprint(list_path, dirs, lengths)
-    if os.path.isfile(meta_path) and os.path.isfile(array_path):
-        with open(meta_path) as f:
-            meta = json.load(f)
-        # a cache packed with --skip-bad-videos that dropped videos is not reused without that flag: repacking
-        # then stops at the bad video with its one-line error
-        complete = skip_bad_videos or len(meta.get("videos", [])) == len(dirs)
-        if meta.get("fingerprint") == fingerprint and complete:
-            features = np.load(array_path, mmap_mode="r")
-            return Split(name, features, np.array(meta["offsets"], dtype=np.int64),
-                         np.array(meta["lengths"], dtype=np.int64), np.array(meta["labels"], dtype=np.int64),
-                         meta["videos"], f"{list_path} (packed cache {array_path})")
+    if os.path.isfile(meta_path) or os.path.isfile(array_path):
+        cached, problem = _read_cache(meta_path, array_path)
+        if problem:
+            print(f"notice: the packed cache of {list_path} is corrupt ({problem}); rebuilding it", file=sys.stderr)
+        else:
+            meta, features = cached
+            # a cache packed with --skip-bad-videos that dropped videos is not reused without that flag: repacking
+            # then stops at the bad video with its one-line error
+            complete = skip_bad_videos or not meta.get("skipped")
+            if meta.get("fingerprint") == fingerprint and complete:
+                return Split(name, features, np.array(meta["offsets"], dtype=np.int64),
+                             np.array(meta["lengths"], dtype=np.int64), np.array(meta["labels"], dtype=np.int64),
+                             meta["videos"], f"{list_path} (packed cache {array_path})",
+                             [tuple(s) for s in meta.get("skipped", [])])
 
     # pack: read every frame once (the only time per-frame files are touched)
     first, err = _load_frame(_frame_path(dirs[0], 1), None) if dirs else (None, "no videos")
-    if err and not skip_bad_videos:
+    if err and dirs and not skip_bad_videos:
         fail(err)
     dim = first.shape[0] if first is not None else None
     keep, tmp_path = [], array_path + ".tmp.npy"
-    packed = None
     for v in tqdm(range(len(dirs)), desc=f"packing {name}", unit="video", leave=False,
                   disable=None):                                 # disable=None: bars only on a terminal
         frames = []
@@ -226,15 +251,17 @@ def load_split(list_path: str, num_classes: int, data_root: str, cache_dir: str,
             if err:
                 if not skip_bad_videos:
                     fail(err)
-                print(f"skipped: video {dirs[v]}: {err}", file=sys.stderr)
+                skipped.append((listed[v], err))
                 frames = None
                 break
             dim = dim or x.shape[0]
             frames.append(x)
         if frames:
             keep.append((v, np.stack(frames)))
+    for video, reason in skipped:                                # reported once, when the cache is packed
+        print(f"skipped: {reason}", file=sys.stderr)
     if not keep:
-        fail(f"empty split: no readable video in {list_path}")
+        fail(f"empty split: no usable video in {list_path}" + (f" ({len(skipped)} skipped)" if skipped else ""))
     total = sum(len(x) for _, x in keep)
     packed = np.lib.format.open_memmap(tmp_path, mode="w+", dtype=np.float32, shape=(total, dim))
     offsets, pos = [], 0
@@ -247,7 +274,7 @@ def load_split(list_path: str, num_classes: int, data_root: str, cache_dir: str,
     os.replace(tmp_path, array_path)
     meta = {"fingerprint": fingerprint, "list": os.path.abspath(list_path), "offsets": offsets,
             "lengths": [lengths[v] for v, _ in keep], "labels": [labels[v] for v, _ in keep],
-            "videos": [dirs[v] for v, _ in keep]}
+            "videos": [dirs[v] for v, _ in keep], "skipped": skipped}
     with open(meta_path + ".tmp", "w") as f:
         json.dump(meta, f)
     os.replace(meta_path + ".tmp", meta_path)
@@ -497,7 +524,7 @@ def load_pair(args, with_target_train: bool = True) -> DomainPair:
     }
     if not lists["source_val"]:
         fail("--source-val-list is required with explicit list files (model selection needs a held-out source split)")
-    cache = os.path.join(args.data_root if os.path.isdir(args.data_root) else ".", ".vidda_cache")
+    cache = cache_dir(args)
     splits = {}
     for key, path in lists.items():
         if key == "target_train" and not with_target_train:
@@ -508,9 +535,48 @@ def load_pair(args, with_target_train: bool = True) -> DomainPair:
     dims = {s.dim for s in splits.values() if s is not None}
     if len(dims) != 1:
         fail(f"source and target features have different widths {sorted(dims)}")
-    name = f"{source}->{target}" + (f" ({setting})" if setting else "")
+    # classes the lists do not cover: one line each (recorded in metrics.json); training can still run
+    used = np.unique(np.concatenate([s.labels for s in splits.values() if s is not None]))
+    if len(used) and used.max() + 1 < len(class_names):
+        warn(f"the class file lists {len(class_names)} classes, the lists use labels up to {used.max()}")
+    missing = sorted(set(range(len(class_names))) - set(splits["source_train"].labels.tolist()))
+    if missing:
+        warn(f"{len(missing)} class(es) have no video in the source train list {lists['source_train']}: "
+             f"{', '.join(class_names[c] for c in missing[:10])}{' ...' if len(missing) > 10 else ''}")
+    name = args.name or f"{source}->{target}" + (f" ({setting})" if setting else "")
     return DomainPair(name, class_names, splits["source_train"], splits["source_val"], splits["target_train"],
                       splits["target_val"], False)
+
+
+WARNINGS = []          # one-line notices of this process (printed once, copied into metrics.json)
+
+
+def warn(message: str):
+    """A one-line notice on stderr that does not stop the run; Run records it in metrics.json."""
+    if message not in WARNINGS:
+        WARNINGS.append(message)
+        print(f"notice: {message}", file=sys.stderr)
+
+
+def cache_dir(args) -> str:
+    """Where packed caches live: --cache-dir, else <data root>/.vidda_cache when the root is writable, else the
+    user cache folder (~/.cache/vidda, or $XDG_CACHE_HOME/vidda), said in one line."""
+    if args.cache_dir:
+        folder = args.cache_dir
+    else:
+        root = args.data_root if os.path.isdir(args.data_root) else "."
+        folder = os.path.join(root, ".vidda_cache")
+        if not (os.access(folder, os.W_OK) if os.path.isdir(folder) else os.access(root, os.W_OK)):
+            user = os.path.join(os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "vidda")
+            warn(f"{root} is not writable: packed caches go to {user} (set another with --cache-dir)")
+            folder = user
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except OSError as e:
+        fail(f"cannot create the cache folder {folder} ({e.strerror}); pass a writable --cache-dir")
+    if not os.access(folder, os.W_OK):
+        fail(f"the cache folder {folder} is not writable; pass a writable --cache-dir")
+    return folder
 
 
 # ==== 2. sampling and pairing =======================================================================
@@ -590,17 +656,19 @@ def paired_batches(n_source: int, n_target: int, batch_source: int, batch_target
 
 @torch.no_grad()
 def predict_split(predict, split: Split, num_segments: int, device, num_clips: int = 1, batch_size: int = 256,
-                  short: str = "pad"):
-    """Logits (N, C) of every video; with num_clips > 1 the logits of the clips are averaged."""
-    mode = "clips" if num_clips > 1 else "center"
-    idx = sample_indices(split.lengths, num_segments, mode, num_clips, short=short)
+                  short: str = "pad", frames: torch.Tensor = None):
+    """Logits (N, C) of every video; with num_clips > 1 the logits of the clips are averaged. `frames`: the split's
+    centred frames already gathered on the device ((N, K, D) or (N, clips, K, D)), else they are gathered here."""
+    if frames is None:
+        mode = "clips" if num_clips > 1 else "center"
+        idx = sample_indices(split.lengths, num_segments, mode, num_clips, short=short)
     out = []
     for start in range(0, len(split), batch_size):
         v = torch.arange(start, min(start + batch_size, len(split)))
-        x = gather_frames(split, v, idx[v], device)                      # (B, K, D) or (B, clips, K, D)
-        if num_clips > 1:
+        x = frames[start:start + len(v)] if frames is not None else gather_frames(split, v, idx[v], device)
+        if num_clips > 1:                                                # (B, clips, K, D)
             logits = predict(x.flatten(0, 1)).view(len(v), num_clips, -1).mean(1)
-        else:
+        else:                                                            # (B, K, D)
             logits = predict(x)
         out.append(logits.float().cpu())
     return torch.cat(out)
@@ -640,9 +708,11 @@ def select_epochs(history: list) -> dict:
 @dataclass
 class RunArgs:
     """The flags every script shares; each method's `Args(RunArgs)` adds its own below these."""
-    source: str = field(default="synth2-a", metadata={"help": "source domain: ucf, hmdb, olympic, kinetics, "
-                                                      "gameplay, or synthetic synth2-a/synth2-b/synth2-c"})
-    target: str = field(default="synth2-b", metadata={"help": "target domain (same names)"})
+    source: str = field(default="", metadata={"help": "source domain: ucf, hmdb, olympic, kinetics, gameplay, or "
+                                              "synthetic synth2-a/b/c (default synth2-a; with --*-list files: the "
+                                              "source list's name)"})
+    target: str = field(default="", metadata={"help": "target domain, same names (default synth2-b; with list "
+                                              "files: the --val-list's name)"})
     data_root: str = field(default_factory=lambda: os.environ.get("VIDDA_DATA", "./data"),
                            metadata={"help": "root of the TA3N feature layout (env VIDDA_DATA)"})
     setting: str = field(default="auto", metadata={"help": "auto|full|small|olympic|kinetics (UCF-HMDB_full, "
@@ -655,6 +725,14 @@ class RunArgs:
     out: str = field(default="", metadata={"help": "output folder (default "
                                           "runs/<script>[_<variant>]_<source>_<target>_s<seed>)"})
     resume: bool = field(default=False, metadata={"help": "continue from the output folder's checkpoint"})
+    name: str = field(default="", metadata={"help": "name of the data in the output folder and summary (default: "
+                                            "the source and target names)"})
+    threads: int = field(default=0, metadata={"help": "torch CPU threads (0: OMP_NUM_THREADS if set, else every "
+                                              "core on an idle machine and 1 on a busy one)"})
+    cache_dir: str = field(default="", metadata={"help": "packed-cache folder (default <data-root>/.vidda_cache, "
+                                                 "or ~/.cache/vidda when the data root is read-only)"})
+    eval_only: bool = field(default=False, metadata={"help": "no training: test the model of --checkpoint"})
+    checkpoint: str = field(default="", metadata={"help": "with --eval-only: a checkpoint.pt or best_source.pt"})
     num_segments: int = field(default=5, metadata={"help": "frames sampled per video (K)"})
     source_list: str = field(default="", metadata={"help": "explicit source train list (overrides --source)"})
     source_val_list: str = field(default="", metadata={"help": "explicit held-out source list"})
@@ -685,7 +763,17 @@ def parse_args(cls, argv=None, description: str = ""):
             kw["type"] = {"int": int, "float": float}.get(kind, str)
         parser.add_argument("--" + f.name.replace("_", "-"), **kw)
     parser.error = lambda message: fail(f"{message} (see --help)")          # one line, no usage block
-    return cls(**vars(parser.parse_args(argv)))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = cls(**vars(parser.parse_args(argv)))
+    object.__setattr__(args, "argv", argv)             # the words as typed (not a field: not in metrics' "args")
+    if isinstance(args, RunArgs):
+        # a run on explicit list files is named after its lists, never after the synthetic default pair
+        stem = lambda path: os.path.splitext(os.path.basename(path))[0]
+        if args.source == "":
+            args.source = stem(args.source_list) if args.source_list else SYNTHETIC_DOMAINS[0]
+        if args.target == "":
+            args.target = stem(args.val_list) if args.val_list else SYNTHETIC_DOMAINS[1]
+    return args
 
 
 def seed_everything(seed: int):
@@ -728,14 +816,54 @@ def atomic_save(obj, path: str):
     os.replace(tmp, path)
 
 
-RESUMABLE = {"resume", "epochs", "out", "device"}     # flags that may differ between a run and its resumption
+# flags that may differ between a run and its resumption (or a re-run into the same folder)
+RESUMABLE = {"resume", "epochs", "out", "device", "threads", "cache_dir", "eval_only", "checkpoint", "mmd"}
+
+
+def pick_threads(requested: int) -> int:
+    """Torch CPU threads for --threads N, or for 0: OMP_NUM_THREADS when it is set, else every core on an idle
+    machine and one on a busy one (1-minute load average). These models are small: on a 2-core machine shared with
+    another job, two threads per process made `python ta3n.py` about 10x slower than one (docs/data.md), while on
+    an idle machine two threads are faster. The thread count never changed a metric in our runs."""
+    if requested > 0:
+        return requested
+    if os.environ.get("OMP_NUM_THREADS"):
+        return torch.get_num_threads()
+    cores = os.cpu_count() or 1
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else 0.0
+    return max(1, min(cores, round(cores - load)))
+
+
+def command_line(args, script: str) -> str:
+    """The command line of this run as it was typed (parse_args keeps it), e.g. `python ta3n.py --seed 2`."""
+    return " ".join(["python", f"{script}.py"] + [shlex.quote(a) for a in getattr(args, "argv", [])])
+
+
+def _check_output_folder(out: str):
+    """--out must be a creatable, writable folder: checked before any data is read or any epoch is trained."""
+    if os.path.isfile(out):
+        fail(f"--out {out} is a file, not a folder")
+    parent = os.path.dirname(os.path.abspath(out))
+    while parent and not os.path.exists(parent):
+        parent = os.path.dirname(parent)
+    if os.path.isfile(parent):
+        fail(f"--out {out} lies under {parent}, which is a file")
+    try:
+        os.makedirs(out, exist_ok=True)
+        probe = os.path.join(out, f".write_test_{os.getpid()}")
+        with open(probe, "w"):
+            pass
+        os.remove(probe)
+    except OSError as e:
+        fail(f"cannot write the output folder {out} ({e.strerror}); pass a writable --out")
 
 
 class Run:
     """Run plumbing shared by every script: data, device, seeding, per-epoch evaluation, outputs, resume.
     It owns no part of the method: the training step stays in the method file."""
 
-    def __init__(self, args, script: str, with_target_train: bool = True, data: DomainPair = None):
+    def __init__(self, args, script: str, with_target_train: bool = True, data: DomainPair = None,
+                 variant: str = ""):
         self.args, self.script, self.started = args, script, time.time()
         for flag, value in (("--epochs", args.epochs), ("--batch-size", args.batch_size), ("--lr", args.lr),
                             ("--num-segments", args.num_segments), ("--synth-dim", args.synth_dim)):
@@ -744,7 +872,41 @@ class Run:
         for flag, value in (("--seed", args.seed), ("--synth-seed", args.synth_seed)):
             if not 0 <= value < 2 ** 32:
                 fail(f"{flag} must be in [0, 2^32), got {value}")
+        if args.threads < 0:
+            fail(f"--threads must be 0 (automatic) or positive, got {args.threads}")
+        if args.eval_only and not args.checkpoint:
+            fail("--eval-only needs --checkpoint PATH (the checkpoint.pt or best_source.pt of a trained run)")
+        if args.eval_only and not os.path.isfile(args.checkpoint):
+            fail(f"--checkpoint {args.checkpoint} not found")
         self.device = pick_device(args.device)
+
+        # the output folder: named after the data (or --name); never silently reused by a run with other settings
+        targets = "+".join(args.target) if isinstance(args.target, list) else args.target
+        name = args.name or f"{args.source}_{targets}"
+        folder = "_".join([script] + ([variant] if variant else []) + [name, f"s{args.seed}"])
+        self.out = args.out or os.path.join("runs", folder + ("_eval" if args.eval_only else ""))
+        _check_output_folder(self.out)
+        self.checkpoint_path = os.path.join(self.out, "checkpoint.pt")
+        if args.resume and not os.path.isfile(self.checkpoint_path):
+            fail(f"--resume: no checkpoint.pt in {self.out} (another --out? without --resume a new run starts)")
+        metrics_path = os.path.join(self.out, "metrics.json")
+        if not args.resume and os.path.isfile(metrics_path):
+            try:
+                with open(metrics_path) as f:
+                    then = json.load(f).get("args", {})
+            except (OSError, ValueError):
+                then = {}
+            now = dataclasses.asdict(args)
+            changed = sorted(k for k in now if k not in RESUMABLE and now[k] != then.get(k))
+            if changed:
+                fail(f"{self.out} holds a run with other settings ({', '.join('--' + k.replace('_', '-') for k in changed)}"
+                     f"); pass another --out, or --resume with that run's flags")
+
+        self._saved_epoch, self._previous_sigint = 0, None
+        if threading.current_thread() is threading.main_thread():
+            self._previous_sigint = signal.signal(signal.SIGINT, self._interrupted)
+        self.threads = pick_threads(args.threads)
+        torch.set_num_threads(self.threads)
         # videos shorter than K: TA3N's padding unless a method's Args asks otherwise (MA2L-TD: --short-videos)
         self.short_videos = getattr(args, "short_videos", "pad")
         self.data = data or load_pair(args, with_target_train)
@@ -752,10 +914,24 @@ class Run:
             fail("source and target features have different widths")
         seed_everything(args.seed)
         self.generator = torch.Generator().manual_seed(args.seed)     # batches and frame sampling
-        self.out = args.out or os.path.join("runs", f"{script}_{args.source}_{args.target}_s{args.seed}")
-        os.makedirs(self.out, exist_ok=True)
         self.history, self.epoch, self._state = [], 0, {}
         self.extra_time = 0.0
+        self._eval_frames = {}
+        self._log_lines = not sys.stdout.isatty()          # nohup, CI, a log file: one line per epoch, no bars
+
+    def _interrupted(self, signum, frame):
+        """Ctrl-C: say where the last complete epoch is and how to continue, exit 130 (no traceback)."""
+        if self._saved_epoch and not self.args.eval_only:
+            print(f"\ninterrupted: epoch {self._saved_epoch} of {self.args.epochs} is saved in "
+                  f"{self.checkpoint_path}; continue with: {self.resume_command()}", file=sys.stderr)
+        else:
+            print("\ninterrupted before the first epoch finished: nothing was saved", file=sys.stderr)
+        raise SystemExit(130)
+
+    def resume_command(self) -> str:
+        words = command_line(self.args, self.script)
+        words += "" if self.args.out else f" --out {shlex.quote(self.out)}"
+        return words + ("" if self.args.resume else " --resume")
 
     # -- data access ---------------------------------------------------------------------------------
     def frames(self, split: Split, videos, mode: str = "center", num_clips: int = 1) -> torch.Tensor:
@@ -778,51 +954,91 @@ class Run:
     def epochs(self, state: dict):
         """Yield epoch numbers 1..E; with --resume, restore `state` (modules/optimizers by name) and skip done ones."""
         self._state = state
-        path = os.path.join(self.out, "checkpoint.pt")
-        if self.args.resume and os.path.isfile(path):
-            try:
-                ckpt = torch.load(path, map_location=self.device, weights_only=False)
-            except Exception as e:
-                fail(f"cannot read {path} ({type(e).__name__}); delete it or drop --resume")
+        if self.args.resume:
+            ckpt = self._load(self.checkpoint_path)
             # the checkpoint must come from the same configuration (only these may change on resume)
             now, then = dataclasses.asdict(self.args), ckpt.get("args", {})
             changed = sorted(k for k in now if k not in RESUMABLE and now[k] != then.get(k))
             if changed:
-                fail(f"{path} was written with other settings ({', '.join('--' + k.replace('_', '-') for k in changed)}"
-                     f"); use another --out or the same flags")
-            try:
-                for key, obj in state.items():
-                    obj.load_state_dict(ckpt["state"][key])
-            except (KeyError, RuntimeError, ValueError) as e:
-                fail(f"{path} does not match this model ({type(e).__name__}); use another --out")
+                fail(f"{self.checkpoint_path} was written with other settings "
+                     f"({', '.join('--' + k.replace('_', '-') for k in changed)}); use another --out or the same flags")
+            self._restore(state, ckpt, self.checkpoint_path)
             self.history, self.epoch = ckpt["history"], ckpt["epoch"]
+            self._saved_epoch = self.epoch
             self.extra_time = ckpt.get("elapsed", 0.0)
             _set_rng_state(ckpt["rng"], self.generator)
             print(f"resumed {self.out} at epoch {self.epoch}", file=sys.stderr)
         for epoch in tqdm(range(self.epoch + 1, self.args.epochs + 1), desc=self.script, unit="epoch",
-                          initial=self.epoch, total=self.args.epochs, leave=False, disable=None):
+                          initial=self.epoch, total=self.args.epochs, leave=True, disable=None):
             self.epoch = epoch
             yield epoch
 
+    def _load(self, path: str) -> dict:
+        try:
+            return torch.load(path, map_location=self.device, weights_only=False)
+        except Exception as e:
+            fail(f"cannot read {path} ({type(e).__name__}); delete it or drop --resume")
+
+    def _restore(self, state: dict, ckpt: dict, path: str, modules_only: bool = False):
+        try:
+            for key, obj in state.items():
+                if not modules_only or isinstance(obj, torch.nn.Module):
+                    obj.load_state_dict(ckpt["state"][key])
+        except (KeyError, RuntimeError, ValueError) as e:
+            fail(f"{path} does not match this model ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
+
+    def load_trained(self, state: dict):
+        """--eval-only: load the modules of `state` from --checkpoint and put them in eval mode."""
+        self._state = state
+        ckpt = self._load(self.args.checkpoint)
+        self._restore(state, ckpt, self.args.checkpoint, modules_only=True)
+        for obj in state.values():
+            if isinstance(obj, torch.nn.Module):
+                obj.eval()
+        self.epoch = int(ckpt.get("epoch", 0))
+
     def end_epoch(self, train_stats: dict, predict, num_clips: int = 1, predict_source=None) -> dict:
         """Evaluate on the held-out source split and the target test list, record the row, write the outputs and
-        an atomic checkpoint. `predict` maps frames (B, K, D) to logits (B, C) (eval mode is the caller's job);
+        an atomic checkpoint (model, optimizer and RNG state; plus best_source.pt, the modules of the
+        source-selected epoch). `predict` maps frames (B, K, D) to logits (B, C) (eval mode is the caller's job);
         `predict_source`, when given, is used for the source split instead (AdaBN: source BN statistics)."""
-        d, k = self.data, self.args.num_segments
-        src = accuracy_report(predict_split(predict_source or predict, d.source_val, k, self.device, num_clips,
-                                            short=self.short_videos), d.source_val.labels, d.num_classes)
-        tgt = accuracy_report(predict_split(predict, d.target_val, k, self.device, num_clips,
-                                            short=self.short_videos), d.target_val.labels, d.num_classes)
+        d = self.data
+        src = accuracy_report(self._predict(predict_source or predict, d.source_val, num_clips),
+                              d.source_val.labels, d.num_classes)
+        tgt = accuracy_report(self._predict(predict, d.target_val, num_clips), d.target_val.labels, d.num_classes)
         row = {"epoch": self.epoch, **{k2: float(v) for k2, v in train_stats.items()},
                "source_val_top1": src["top1"], "target_top1": tgt["top1"], "target_class_mean": tgt["class_mean"],
                "target_confusion": tgt["confusion"]}
         self.history.append(row)
         self._write(final=False)
+        if self.args.eval_only:
+            return row
+        modules = {key: obj.state_dict() for key, obj in self._state.items() if isinstance(obj, torch.nn.Module)}
+        if max(self.history, key=lambda r: (r["source_val_top1"], r["epoch"])) is row:     # ties: the latest
+            atomic_save({"epoch": self.epoch, "args": dataclasses.asdict(self.args), "state": modules},
+                        os.path.join(self.out, "best_source.pt"))
         atomic_save({"epoch": self.epoch, "history": self.history, "rng": _rng_state(self.generator),
                      "elapsed": self.elapsed(), "args": dataclasses.asdict(self.args),
-                     "state": {key: obj.state_dict() for key, obj in self._state.items()}},
-                    os.path.join(self.out, "checkpoint.pt"))
+                     "state": {key: obj.state_dict() for key, obj in self._state.items()}}, self.checkpoint_path)
+        self._saved_epoch = self.epoch
+        if self._log_lines:                                 # after the checkpoint: the line means "saved"
+            losses = " ".join(f"{k} {v:.4g}" for k, v in train_stats.items())
+            print(f"{self.script} epoch {self.epoch}/{self.args.epochs} | {losses} | source {100 * src['top1']:.2f} "
+                  f"| target {100 * tgt['top1']:.2f} | {self.elapsed():.1f}s", flush=True)
         return row
+
+    def _predict(self, predict, split: Split, num_clips: int) -> torch.Tensor:
+        """Logits of every video of a split; its centred evaluation frames are gathered once per run (they never
+        change) when they take less than 256 MB, then reused every epoch."""
+        key = (id(split), num_clips)
+        if key not in self._eval_frames:
+            mode = "clips" if num_clips > 1 else "center"
+            idx = sample_indices(split.lengths, self.args.num_segments, mode, num_clips, short=self.short_videos)
+            size = idx.numel() * split.dim * 4
+            self._eval_frames[key] = gather_frames(split, torch.arange(len(split)), idx, self.device) \
+                if size < 256 * 2 ** 20 else None
+        return predict_split(predict, split, self.args.num_segments, self.device, num_clips, short=self.short_videos,
+                             frames=self._eval_frames[key])
 
     def elapsed(self) -> float:
         return self.extra_time + time.time() - self.started
@@ -833,12 +1049,19 @@ class Run:
             w = csv.DictWriter(f, columns, extrasaction="ignore")
             w.writeheader()
             w.writerows(self.history)
+        skipped = [{"split": s.name, "video": v, "reason": r}
+                   for s in (self.data.source_train, self.data.source_val, self.data.target_train, self.data.target_val)
+                   if s is not None for v, r in s.skipped]
         metrics = {"script": self.script, "data": self.data.name, "synthetic": self.data.synthetic,
                    "classes": self.data.class_names, "args": dataclasses.asdict(self.args),
+                   "command": command_line(self.args, self.script),
                    "epochs": [{k: v for k, v in r.items() if k != "target_confusion"} for r in self.history],
                    "final": select_epochs(self.history), "wall_time_s": round(self.elapsed(), 2),
-                   "complete": final, "versions": {"python": platform.python_version(), "torch": torch.__version__,
-                                                   "numpy": np.__version__}, **(extra or {})}
+                   "complete": final, "threads": self.threads, "skipped_videos": skipped, "notices": list(WARNINGS),
+                   "versions": {"python": platform.python_version(), "torch": torch.__version__,
+                                "numpy": np.__version__}, **(extra or {})}
+        if self.args.eval_only:
+            metrics["evaluated_checkpoint"] = os.path.abspath(self.args.checkpoint)
         with open(os.path.join(self.out, "metrics.json.tmp"), "w") as f:
             json.dump(metrics, f, indent=1)
         os.replace(os.path.join(self.out, "metrics.json.tmp"), os.path.join(self.out, "metrics.json"))
@@ -846,15 +1069,23 @@ class Run:
 
     def finish(self, extra: dict = None) -> dict:
         """Write the final metrics.json, print the one-line summary, return the metrics."""
+        if self._previous_sigint is not None:
+            signal.signal(signal.SIGINT, self._previous_sigint)
         if not self.history:
             fail(f"nothing to report: no epoch ran (--epochs {self.args.epochs}?)")
         metrics = self._write(final=True, extra=extra)
         f = metrics["final"]
         label = "SYNTHETIC " if self.data.synthetic else ""
+        skipped = f" | {len(metrics['skipped_videos'])} videos skipped" if metrics["skipped_videos"] else ""
+        if self.args.eval_only:
+            picked = f"epoch {f['last']['epoch']} of {self.args.checkpoint}"
+            print(f"{self.script} | {label}data {self.data.name} | target top-1 {100 * f['last']['top1']:.2f} "
+                  f"(class mean {100 * f['last']['class_mean']:.2f}) | {picked}{skipped} | {self.out}")
+            return metrics
         print(f"{self.script} | {label}data {self.data.name} | target top-1: last {100 * f['last']['top1']:.2f} "
               f"| source-selected {100 * f['source_selected']['top1']:.2f} (ep {f['source_selected']['epoch']}) "
               f"| oracle {100 * f['oracle']['top1']:.2f} (ep {f['oracle']['epoch']}) "
-              f"| {metrics['wall_time_s']:.1f}s | {self.out}")
+              f"| {metrics['wall_time_s']:.1f}s, {self.threads} thread{'s' * (self.threads > 1)}{skipped} | {self.out}")
         return metrics
 
 

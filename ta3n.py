@@ -481,14 +481,19 @@ def build(args, in_dim: int, num_classes: int, device="cpu", **widths):
 def main(argv=None) -> dict:
     args = resolve(data.parse_args(Args, argv, __doc__))
     # ---- run plumbing (identical in every script; see data.py) ----
-    run = data.Run(args, script="ta3n", with_target_train=True)
+    run = data.Run(args, script="ta3n", with_target_train=True,
+                   variant="" if args.variant == "ta3n" else args.variant)    # one output folder per variant
     d = run.data
     model, optimizer = build(args, d.source_train.dim, d.num_classes, run.device)
     grl = {k: getattr(args, f"beta_{k}") for k in DISCRIMINATORS}   # evaluation runs without gradients: λ unused
-    for epoch in run.epochs(state={"model": model, "optimizer": optimizer}):
+    predict = lambda x: model(x, grl, domains=False)["logits"]
+    if args.eval_only:                                     # --eval-only --checkpoint PATH: test, no training
+        run.load_trained({"model": model})
+        run.end_epoch({}, predict=predict)
+    for epoch in run.epochs(state={"model": model, "optimizer": optimizer}) if not args.eval_only else []:
         stats = train_one_epoch(model, optimizer, run, args, epoch)
         model.eval()
-        run.end_epoch(stats, predict=lambda x: model(x, grl, domains=False)["logits"])
+        run.end_epoch(stats, predict=predict)
     return run.finish(extra={"analysis": domain_discrepancy(model, run, grl)})
 
 
