@@ -70,6 +70,11 @@ Where the official code differs from the papers (../shared/reference/ta3n.md §2
 
 Ablation / option flags: --temporal, --beta-frame, --beta-video, --jan-weight, --jan-on, --mcd-steps,
 --cdan-entropy, --train-sampling, --clip-grad, --weight-decay, --momentum.
+EPIC-100 (data.py): --label verb+noun gives G_y (and MCD's second classifier) two heads side by side: L_y is
+0.5·(CE_verb + CE_noun) (official EPIC-100 TA3N code, main.py train()), and every softmax or entropy of the class
+predictions (JAN --jan-on softmax, MCD's discrepancy, CDAN's map and CDAN+E's weights) is taken within each head and
+averaged over the heads. --save-features writes <out>/features.npz (the pre-dropout video features of the source val
+and target val splits) for benchmark/plot.py.
 """
 from __future__ import annotations
 
@@ -178,8 +183,9 @@ class VideoModel(nn.Module):
     the official code. `classifier_2` exists only for MCD."""
 
     def __init__(self, in_dim: int, num_classes: int, num_frames: int, *, temporal: str, adabn: bool = False,
-                 two_classifiers: bool = False):
+                 two_classifiers: bool = False, heads: tuple = ()):
         super().__init__()
+        self.heads = tuple(heads)    # EPIC-100 verb+noun: sizes of the classifier's heads (one Linear, side by side)
         self.spatial = SpatialModule(in_dim, adabn=adabn)
         self.temporal = TemporalPooling() if temporal == "pooling" else TemporalRelation(num_frames)
         self.dropout = nn.Dropout(DROPOUT)
@@ -198,12 +204,15 @@ def domain_discriminator(in_dim: int, hidden: int) -> nn.Sequential:
     return nn.Sequential(init_head(nn.Linear(in_dim, hidden)), nn.ReLU(), init_head(nn.Linear(hidden, 2)))
 
 
-def class_loss(logits, labels):
-    return F.cross_entropy(logits, labels)                                        # Eq. (1)
+def class_loss(logits, labels, heads: tuple = ()):
+    """Eq. (1); with two heads (EPIC-100 --label verb+noun) 0.5·(CE_verb + CE_noun), the official EPIC code's."""
+    return data.label_loss(logits, labels, heads)                                 # Eq. (1)
 
 
-def entropy(logits):
-    """H(softmax(g)) per row, natural log."""
+def entropy(logits, heads: tuple = ()):
+    """H(softmax(g)) per row, natural log; with two heads the mean of the heads' entropies."""
+    if len(heads) > 1:
+        return data.head_entropy(logits, heads)
     return -(F.softmax(logits, 1) * F.log_softmax(logits, 1)).sum(1)
 
 
@@ -232,7 +241,7 @@ def domain_loss(d_s, d_t):
 
 def supervised_step(model, x, y, domain: int) -> tuple:
     _, _, v = model["net"](x, domain)
-    loss = class_loss(model["net"].classifier(v), y)                              # Eq. (1)
+    loss = class_loss(model["net"].classifier(v), y, model["net"].heads)          # Eq. (1)
     return loss, {"loss_y": loss.item()}
 
 
@@ -243,7 +252,7 @@ def dann_step(model, args, x_s, y_s, x_t) -> tuple:
     net = model["net"]
     f_s, _, v_s = net(x_s)
     f_t, _, v_t = net(x_t)
-    loss_y = class_loss(net.classifier(v_s), y_s)                                 # Eq. (1)
+    loss_y = class_loss(net.classifier(v_s), y_s, net.heads)                      # Eq. (1)
     d_frame = [model["frame_discriminator"](grad_reverse(f, args.beta_frame)).flatten(0, 1) for f in (f_s, f_t)]
     loss_sd = domain_loss(*d_frame)                                               # Eq. (4), (B·K, 2) rows
     d_video = [model["video_discriminator"](grad_reverse(v, args.beta_video)) for v in (v_s, v_t)]
@@ -283,9 +292,9 @@ def jan_step(model, args, x_s, y_s, x_t) -> tuple:
     _, video_s, v_s = net(x_s)
     _, video_t, v_t = net(x_t)
     logits_s, logits_t = net.classifier(v_s), net.classifier(v_t)
-    loss_y = class_loss(logits_s, y_s)                                            # Eq. (1)
-    pred_s, pred_t = (logits_s, logits_t) if args.jan_on == "logits" else (F.softmax(logits_s, 1),
-                                                                            F.softmax(logits_t, 1))
+    loss_y = class_loss(logits_s, y_s, net.heads)                                 # Eq. (1)
+    pred_s, pred_t = (logits_s, logits_t) if args.jan_on == "logits" else (
+        data.head_probabilities(logits_s, net.heads), data.head_probabilities(logits_t, net.heads))   # per head
     # official main.py: layers [predictions, pre-dropout video feature] with 2 and 5 kernels
     loss_jmmd = joint_mmd([pred_s, video_s], [pred_t, video_t], kernel_nums=[2, 5])     # Eq. (6)
     return loss_y + args.jan_weight * loss_jmmd, {"loss_y": loss_y.item(), "loss_jmmd": loss_jmmd.item()}
@@ -301,7 +310,7 @@ def adabn_step(model, x_s, y_s, x_t) -> tuple:
     _, _, v_s = net(x_s, domain=0)
     with torch.no_grad():
         net.spatial(x_t, domain=1)                                                # target running statistics
-    loss = class_loss(net.classifier(v_s), y_s)                                   # Eq. (1)
+    loss = class_loss(net.classifier(v_s), y_s, net.heads)                        # Eq. (1)
     return loss, {"loss_y": loss.item()}
 
 
@@ -310,26 +319,28 @@ def adabn_step(model, x_s, y_s, x_t) -> tuple:
 # source), step B (F1, F2: source CE minus target discrepancy, G fixed), step C (G: target discrepancy, n_gen
 # times, F fixed). The TA3N code's one-step variant is described in the module docstring.
 
-def classifier_discrepancy(logits_1, logits_2):
-    return (F.softmax(logits_1, 1) - F.softmax(logits_2, 1)).abs().mean()        # Eq. (8)
+def classifier_discrepancy(logits_1, logits_2, heads: tuple = ()):
+    """Eq. (8); with two heads the mean of the heads' discrepancies."""
+    pairs = list(zip(data.split_heads(logits_1, heads), data.split_heads(logits_2, heads)))
+    return sum((F.softmax(a, 1) - F.softmax(b, 1)).abs().mean() for a, b in pairs) / len(pairs)      # Eq. (8)
 
 
 def mcd_step_a(net, x_s, y_s):
     _, _, v = net(x_s)
-    return class_loss(net.classifier(v), y_s) + class_loss(net.classifier_2(v), y_s)          # Eq. (9) A
+    return class_loss(net.classifier(v), y_s, net.heads) + class_loss(net.classifier_2(v), y_s, net.heads)  # Eq. (9) A
 
 
 def mcd_step_b(net, x_s, y_s, x_t):
     with torch.no_grad():                                                         # G is fixed in step B
         v_s, v_t = net(x_s)[2], net(x_t)[2]
-    loss_y = class_loss(net.classifier(v_s), y_s) + class_loss(net.classifier_2(v_s), y_s)
-    disc = classifier_discrepancy(net.classifier(v_t), net.classifier_2(v_t))
+    loss_y = class_loss(net.classifier(v_s), y_s, net.heads) + class_loss(net.classifier_2(v_s), y_s, net.heads)
+    disc = classifier_discrepancy(net.classifier(v_t), net.classifier_2(v_t), net.heads)
     return loss_y - disc, disc                                                    # Eq. (9) B
 
 
 def mcd_step_c(net, x_t):
     _, _, v_t = net(x_t)
-    return classifier_discrepancy(net.classifier(v_t), net.classifier_2(v_t))     # Eq. (9) C
+    return classifier_discrepancy(net.classifier(v_t), net.classifier_2(v_t), net.heads)     # Eq. (9) C
 
 
 def mcd_params(net) -> tuple:
@@ -354,20 +365,20 @@ def mcd_step(model, args, optimizers, x_s, y_s, x_t) -> dict:
 
 # ==== CDAN (Long et al.) =================================================================================
 
-def multilinear_map(features, logits):
-    """Eq. (10): T(f, g) = f ⊗ softmax(g), flattened; softmax detached as in the CDAN code. (B, d), (B, C) ->
-    (B, C·d)."""
-    probs = F.softmax(logits, 1).detach()
+def multilinear_map(features, logits, heads: tuple = ()):
+    """Eq. (10): T(f, g) = f ⊗ softmax(g), flattened; softmax detached as in the CDAN code (within each head when
+    there are two). (B, d), (B, C) -> (B, C·d)."""
+    probs = data.head_probabilities(logits, heads).detach()
     return (probs[:, :, None] * features[:, None, :]).flatten(1)                 # (B, C·d)
 
 
-def conditional_domain_loss(d_s, d_t, logits_s=None, logits_t=None, coeff: float = 1.0):
+def conditional_domain_loss(d_s, d_t, logits_s=None, logits_t=None, coeff: float = 1.0, heads: tuple = ()):
     """Eq. (4) on the conditional discriminator's logits; with logits given (CDAN+E), Eq. (11): weights
     w = 1 + exp(−H), normalised to sum 1 within each domain (so each domain counts half, whatever B_s/B_t);
     H gets a reversed gradient (GRL coeff), as in the CDAN code."""
     if logits_s is None:
         return domain_loss(d_s, d_t)
-    w = [1 + torch.exp(-grad_reverse(entropy(g), coeff)) for g in (logits_s, logits_t)]     # Eq. (11)
+    w = [1 + torch.exp(-grad_reverse(entropy(g, heads), coeff)) for g in (logits_s, logits_t)]    # Eq. (11)
     w = torch.cat([w_d / w_d.sum().detach() for w_d in w])                      # (B_s + B_t,)
     labels = torch.cat([torch.zeros(len(d_s)), torch.ones(len(d_t))]).long().to(d_s.device)
     ce = F.cross_entropy(torch.cat([d_s, d_t]), labels, reduction="none")
@@ -379,11 +390,11 @@ def cdan_step(model, args, x_s, y_s, x_t, coeff: float) -> tuple:
     _, _, v_s = net(x_s)
     _, _, v_t = net(x_t)
     logits_s, logits_t = net.classifier(v_s), net.classifier(v_t)
-    loss_y = class_loss(logits_s, y_s)                                            # Eq. (1)
-    d = [model["conditional_discriminator"](grad_reverse(multilinear_map(v, g), coeff))      # Eq. (10)
+    loss_y = class_loss(logits_s, y_s, net.heads)                                 # Eq. (1)
+    d = [model["conditional_discriminator"](grad_reverse(multilinear_map(v, g, net.heads), coeff))   # Eq. (10)
          for v, g in ((v_s, logits_s), (v_t, logits_t))]
     ent = (logits_s, logits_t) if args.cdan_entropy else (None, None)
-    loss_d = conditional_domain_loss(*d, *ent, coeff=coeff)
+    loss_d = conditional_domain_loss(*d, *ent, coeff=coeff, heads=net.heads)
     return loss_y + loss_d, {"loss_y": loss_y.item(), "loss_cdan": loss_d.item(), "grl": coeff}
 
 
@@ -450,10 +461,11 @@ def train_one_epoch(run, model, optimizers, args, epoch: int, sampling: str) -> 
     return {**totals, "lr": lr}
 
 
-def build_model(args, in_dim: int, num_classes: int, temporal: str) -> nn.ModuleDict:
-    """The backbone plus the method's extra heads, in one ModuleDict so one checkpoint holds them all."""
+def build_model(args, in_dim: int, num_classes: int, temporal: str, heads: tuple = ()) -> nn.ModuleDict:
+    """The backbone plus the method's extra heads, in one ModuleDict so one checkpoint holds them all. `heads`: the
+    classifier heads' sizes for EPIC-100 --label verb+noun (num_classes is then their sum)."""
     net = VideoModel(in_dim, num_classes, args.num_segments, temporal=temporal, adabn=args.method == "adabn",
-                     two_classifiers=args.method == "mcd")
+                     two_classifiers=args.method == "mcd", heads=heads)
     model = nn.ModuleDict({"net": net})
     d = net.temporal.out_dim
     if args.method == "dann":
@@ -504,7 +516,10 @@ def main(argv=None) -> dict:
     # ---- run plumbing (identical in every script; see data.py) ----
     run = data.Run(args, "baselines", with_target_train=args.method in UDA_METHODS + ["target-only"],
                    variant=f"{args.method}_{temporal}")                 # one output folder per method and backbone
-    model = build_model(args, run.data.source_train.dim, run.data.num_classes, temporal).to(run.device)
+    if args.method == "target-only" and (run.data.target_train.labels < 0).any():
+        data.fail(f"--method target-only trains on target-train labels, and {run.data.name} has none")
+    model = build_model(args, run.data.source_train.dim, run.data.num_classes, temporal,
+                        tuple(run.data.heads.values())).to(run.device)
     optimizers = make_optimizers(model, args)
     state = {"model": model, **{f"optimizer_{i}": opt for i, opt in enumerate(optimizers)}}
 
@@ -521,6 +536,8 @@ def main(argv=None) -> dict:
         stats = train_one_epoch(run, model, optimizers, args, epoch, sampling)
         model.eval()
         run.end_epoch(stats, **evaluate)
+    if args.save_features and not args.eval_only:   # pre-dropout video feature, eval mode, for benchmark/plot.py
+        data.save_features(run, lambda x: net(x, domain=1)[1], lambda x: net(x, domain=0)[1])
     return run.finish(extra={"method": args.method, "temporal": temporal, "train_sampling": sampling,
                              "parameters": sum(p.numel() for p in model.parameters())})
 

@@ -5,9 +5,11 @@ source/target pairing, THE evaluation protocol and the run plumbing. No losses, 
 
 Sections
   1. datasets      official TA3N feature layout (list files + one img_%05d.t7 per frame), a packed
-                   memmap cache, and the built-in synthetic cross-domain benchmark (synth2-a/b/c)
+                   memmap cache, the built-in synthetic cross-domain benchmark (synth2-a/b/c), EPIC-Kitchens
+                   D1/D2/D3 (TranSVAE's I3D lists) and EPIC-100 UDA (TA3N-EPIC feature pickles + annotation tables)
   2. sampling      the official centred segment rule, TSN random offsets, multi-clip; source/target pairing
-  3. evaluation    top-1, class-mean accuracy, confusion; last / source-selected / oracle epochs
+  3. evaluation    top-1, class-mean accuracy, confusion; last / source-selected / oracle epochs; --label (one
+                   head or verb + noun, the action metric), test.json, --save-features
   4. run plumbing  RunArgs + argparse bridge, seeding, device, output folder, atomic checkpoints, --resume
 
 Shapes: N videos, B batch, K sampled frames (segments), D feature width, C classes.
@@ -33,6 +35,7 @@ import hashlib
 import json
 import math
 import os
+import pickle
 import platform
 import random
 import re
@@ -71,6 +74,9 @@ OFFICIAL_CLASSES = {
 # --setting -> (official DA-setting tag used in the file names, the domains it pairs)
 SETTINGS = {"full": ("hmdb_ucf", {"ucf", "hmdb"}), "small": ("hmdb_ucf_small", {"ucf", "hmdb"}),
             "olympic": ("ucf_olympic", {"ucf", "olympic"}), "kinetics": ("kinetics_gameplay", {"kinetics", "gameplay"})}
+# split sizes the released lists have (split 1; counted in TranSVAE's copies of the same lists); the small and
+# Olympic lists are only on TA3N's Dropbox, so their sizes are what `python data.py info` counts
+SETTING_SIZES = {"full": "ucf101 train 1438 / val 571, hmdb51 train 840 / val 360"}
 DOMAIN_DIRS = {"ucf": "ucf101", "hmdb": "hmdb51", "olympic": "olympic", "kinetics": "kinetics", "gameplay": "gameplay"}
 
 
@@ -81,7 +87,7 @@ class Split:
     features: object             # (total_frames, D) float32: np.memmap (real data) or torch.Tensor (synthetic)
     offsets: np.ndarray          # (N,) int64
     lengths: np.ndarray          # (N,) int64, >= 1
-    labels: np.ndarray           # (N,) int64 in [0, C)
+    labels: np.ndarray           # (N,) int64 in [0, C); (N, 2) verb, noun with two heads; -1 = unlabelled
     videos: list                 # (N,) video folder or synthetic id
     origin: str                  # where it was read from (list file, cache) or "generated"
     skipped: list = field(default_factory=list)   # [(video as listed, reason)] left out by --skip-bad-videos
@@ -439,6 +445,336 @@ def _generate_synthetic_split(domain: str, part: str, seed: int, dim: int) -> Sp
                  [f"{domain}-{part}-{i:05d}" for i in range(n)], f"generated (v2, seed {seed}, {dim}-d)")
 
 
+# ---- other feature formats: EPIC-Kitchens (D1/D2/D3 I3D, EPIC-100 UDA pickles) ----
+# Neither dataset may be redistributed (CC BY-NC): the readers take paths from the user; the tests write tiny files in
+# the same formats. Layouts, sources and licences: docs/data.md.
+#
+# D1/D2/D3 (MM-SADA split, Munro & Damen, CVPR 2020): three kitchens of EPIC-Kitchens-55, 8 verb classes, read from
+# TranSVAE's I3D features (github.com/ldkong1205/TranSVAE, exp/train_epic_kitchens.py): TA3N's per-frame layout (one
+# img_%05d.t7 of 2048 floats per frame) and list lines
+#     dataset/epic-kitchens/I3D-feature-pretrain/<train|test>/<Pxx>/<video_id>/<row> <frames> <verb_class>
+# whose last folder is the 0-based ROW of MM-SADA's annotation table D<i>_<train|test>.pkl (counted over the whole
+# table, not per video). The paths are relative to TranSVAE's repository root, our --data-root.
+EPIC_KITCHENS = {"D1": "P08", "D2": "P01", "D3": "P22"}       # domain -> participant (MM-SADA README, TranSVAE)
+EPIC_KITCHENS_SIZES = {"D1": (1543, 435), "D2": (2495, 750), "D3": (3897, 974)}   # rows of D<i>_train / D<i>_test
+# no class-name file exists upstream: each id is named after its most frequent raw verbs in the tables
+EPIC_KITCHENS_VERBS = ["take", "put", "open", "close", "wash", "cut", "mix", "pour"]
+# EPIC-100 UDA (Damen et al., IJCV 2022): source = videos recorded for EPIC-55, target = videos new in EPIC-100, from the
+# same 12 participants (4 more for validation); 97 verbs, 300 nouns. Read from the TBN feature pickles of the TA3N-EPIC
+# code (github.com/jonmun/EPIC-KITCHENS-100_UDA_TA3N, dataset.py): <split>.pkl = {'narration_ids': N ids, 'features':
+# {'RGB'|'Flow'|'Audio': (N, 25, 1024)}}, joined by narration_id with the annotation tables EPIC_100_uda_<split>.csv
+# (github.com/epic-kitchens/epic-kitchens-100-annotations, UDA_annotations/).
+EPIC100_DOMAINS = ("epic100-source", "epic100-target")
+EPIC100_CLASSES = {"verb": 97, "noun": 300}
+EPIC100_SEGMENTS = 25                       # official dataset.py: 25 segments per video; K = 5 centred -> rows 2,7,..,22
+EPIC100_MODALITIES = ("RGB", "Flow", "Audio")
+# our split -> (feature pickle, annotation table). target_val is scored every epoch; the unlabelled target test split
+# (optional) is predicted at the source-selected epoch into test.json, the challenge's submission file
+EPIC100_SPLITS = {"source_train": ("source_train", "EPIC_100_uda_source_train"),
+                  "source_val": ("source_val", "EPIC_100_uda_source_val"),
+                  "target_train": ("target_train", "EPIC_100_uda_target_train_timestamps"),
+                  "target_val": ("target_val", "EPIC_100_uda_target_val"),
+                  "target_test": ("target_test", "EPIC_100_uda_target_test_timestamps")}
+EPIC_DOMAINS = (*EPIC_KITCHENS, *EPIC100_DOMAINS)
+LABELS = ("auto", "verb", "noun", "verb+noun")
+
+
+def _find_file(root: str, folders: tuple, names: tuple) -> str:
+    """The first existing root/<folder>/<name> ('' for none)."""
+    for folder in folders:
+        for name in names:
+            path = os.path.join(root, folder, name)
+            if os.path.isfile(path):
+                return path
+    return ""
+
+
+def read_table(path: str) -> list:
+    """Rows (dicts of strings) of an annotation table: a CSV, or a pickled pandas DataFrame (needs pandas; its index
+    becomes a column, as the official readers' reset_index). Each row also gets '_where' = '<file> row <i>' (0-based)."""
+    if path.endswith(".csv"):
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f))
+    else:
+        try:
+            import pandas
+        except ImportError:
+            fail(f"reading {path} needs pandas (pip install pandas), or put its CSV version beside it")
+        try:
+            rows = pandas.read_pickle(path).reset_index().astype(str).to_dict("records")
+        except Exception as e:
+            fail(f"cannot read {path} ({type(e).__name__})")
+    for i, row in enumerate(rows):
+        row["_where"] = f"{path} row {i}"
+    return rows
+
+
+def _int_field(row: dict, column: str, low: int, high: int) -> int:
+    """row[column] as an int in [low, high), or a one-line error naming the file, row and narration."""
+    value = str(row.get(column, "")).strip()
+    what = f"{row['_where']}" + (f" (narration id {row['narration_id']})" if row.get("narration_id") else "")
+    if not re.fullmatch(r"-?\d+(\.0)?", value):
+        fail(f"{what}: {column} {value!r} is not an integer")
+    if not low <= int(float(value)) < high:
+        fail(f"{what}: label {column} {value} out of range 0..{high - 1}")
+    return int(float(value))
+
+
+def check_epic_kitchens_list(path: str, domain: str, part: str, root: str) -> str:
+    """Check a TranSVAE EPIC list line by line (format, participant, split, row indices unique); when MM-SADA's table
+    D<i>_<part>.pkl (or .csv) is under root/Annotations or root/video_splits, also check that each row's participant,
+    video, verb_class and frame count (stop − start) match the line. Returns what was checked, for `data.py info`."""
+    if not os.path.isfile(path):
+        fail(f"list file not found: {path} (EPIC-Kitchens {domain}: TranSVAE's dataset/epic-kitchens/list/; "
+             f"see docs/data.md)")
+    participant, lines, seen = EPIC_KITCHENS[domain], [], {}
+    with open(path, encoding="utf-8", errors="replace") as f:
+        for n, line in enumerate(f, 1):
+            parts = line.split()
+            if not parts:
+                continue
+            folders = parts[0].replace("\\", "/").rstrip("/").split("/")
+            ok = (len(parts) == 3 and len(folders) >= 4 and folders[-4] == part and folders[-3] == participant
+                  and folders[-2].startswith(participant + "_") and folders[-1].isdigit()
+                  and re.fullmatch(r"\d+", parts[1]) and re.fullmatch(r"\d+", parts[2]))
+            if not ok:
+                fail(f"{path}:{n}: malformed line {line.strip()!r} (expected '.../{part}/{participant}/<video_id>/<row> "
+                     f"<num_frames> <verb_class>', TranSVAE's list for {domain})")
+            row = int(folders[-1])
+            if row in seen:
+                fail(f"{path}:{n}: row {row} already used on line {seen[row]} (each line is one row of "
+                     f"D{domain[1]}_{part}.pkl)")
+            seen[row] = n
+            lines.append((n, folders[-2], row, int(parts[1]), int(parts[2])))
+    if not lines:
+        fail(f"empty split: {path} lists no videos")
+    table_path = _find_file(root, ("Annotations", "video_splits"), (f"D{domain[1]}_{part}.pkl", f"D{domain[1]}_{part}.csv"))
+    if not table_path:
+        return f"{os.path.basename(path)}: rows not checked (no Annotations/D{domain[1]}_{part}.pkl under the root)"
+    table = read_table(table_path)
+    for n, video, row, frames, label in lines:
+        if row >= len(table):
+            fail(f"{path}:{n}: row {row} is past the end of {table_path} ({len(table)} rows)")
+        r = table[row]
+        got = (str(r.get("participant_id")), str(r.get("video_id")), _int_field(r, "verb_class", 0, 8),
+               _int_field(r, "stop_frame", 0, 2 ** 62) - _int_field(r, "start_frame", 0, 2 ** 62))
+        if got != (participant, video, label, frames):
+            fail(f"{path}:{n}: row {row} of {table_path} is (participant, video, verb_class, frames) = {got}, the "
+                 f"line says {(participant, video, label, frames)}")
+    return f"{os.path.basename(path)}: {len(lines)} lines match their rows of {table_path}"
+
+
+def load_epic_kitchens_pair(args, with_target_train: bool = True) -> DomainPair:
+    """D<i> -> D<j>: source train / held-out source (the source kitchen's test list) / target train / target test."""
+    if args.source not in EPIC_KITCHENS or args.target not in EPIC_KITCHENS:
+        fail(f"cannot pair {args.source!r} with {args.target!r}: EPIC-Kitchens pairs D1, D2, D3 with each other")
+    if args.label not in ("auto", "verb"):
+        fail(f"--label {args.label}: D1/D2/D3 have verb labels only")
+    if not os.path.isdir(args.data_root):
+        fail(f"data root not found: {args.data_root} (TranSVAE's repository root, holding dataset/epic-kitchens/)")
+    parts = {"source_train": (args.source, "train"), "source_val": (args.source, "test"),
+             "target_train": (args.target, "train"), "target_val": (args.target, "test")}
+    cache = os.path.join(args.data_root, ".vidda_cache")
+    splits, notes = {}, []
+    for key, (domain, part) in parts.items():
+        if key == "target_train" and not with_target_train:
+            splits[key] = None
+            continue
+        path = os.path.join(args.data_root, "dataset", "epic-kitchens", "list",
+                            f"list_{EPIC_KITCHENS[domain]}_{part}.txt")
+        notes.append(check_epic_kitchens_list(path, domain, part, args.data_root))
+        splits[key] = load_split(path, len(EPIC_KITCHENS_VERBS), args.data_root, cache, f"{domain}/{part}",
+                                 args.skip_bad_videos)
+    sizes = ", ".join(f"{d} {EPIC_KITCHENS_SIZES[d][0]}/{EPIC_KITCHENS_SIZES[d][1]}" for d in sorted({args.source,
+                                                                                                       args.target}))
+    notes = ["classes: the 8 MM-SADA verb classes (built in: " + ", ".join(EPIC_KITCHENS_VERBS) + ")",
+             f"published train/test sizes: {sizes}"] + notes
+    return DomainPair(f"EPIC-Kitchens {args.source}->{args.target}", list(EPIC_KITCHENS_VERBS),
+                      splits["source_train"], splits["source_val"], splits["target_train"], splits["target_val"],
+                      False, imbalanced=True, notes=notes)
+
+
+class _DataUnpickler(pickle.Unpickler):
+    """Unpickles plain data only (builtin containers and numpy arrays; pandas objects when pandas is installed), so a
+    feature pickle cannot run code while it loads."""
+    BUILTINS = {"list", "dict", "tuple", "set", "frozenset", "str", "bytes", "bytearray", "int", "float", "bool",
+                "complex", "slice", "range"}
+    NUMPY = {"_reconstruct", "scalar", "ndarray", "dtype", "_frombuffer"}
+
+    def find_class(self, module, name):
+        top = module.split(".")[0]
+        if ((module == "builtins" and name in self.BUILTINS) or (top == "numpy" and name in self.NUMPY)
+                or (module, name) in {("collections", "OrderedDict"), ("_codecs", "encode")}
+                or (top == "pandas" and not module.startswith("pandas.core.computation") and name[0].isupper())):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"{module}.{name} is not plain data")
+
+
+def _read_feature_pickle(path: str, modality: str) -> tuple:
+    """(narration ids, [(N, 25, D_m) array per modality]) of a TA3N-EPIC feature pickle. ALL takes every modality in
+    the file's key order (official dataset.py concatenates them in that order: D = 3072 for RGB+Flow+Audio)."""
+    try:
+        with open(path, "rb") as f:
+            blob = _DataUnpickler(f).load()
+    except Exception as e:
+        fail(f"cannot read {path} ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''})")
+    expected = "{'narration_ids': [N ids], 'features': {'RGB'|'Flow'|'Audio': (N, 25, D)}}"
+    for key in ("narration_ids", "features"):
+        if not isinstance(blob, dict) or key not in blob:
+            fail(f"{path}: missing key {key!r} (expected {expected})")
+    ids, features = [str(i) for i in blob["narration_ids"]], blob["features"]
+    if not isinstance(features, dict):
+        fail(f"{path}: 'features' is a {type(features).__name__}, not a dict (expected {expected})")
+    names = [m for m in features if m in EPIC100_MODALITIES] if modality == "ALL" else [modality]
+    arrays = []
+    for m in (EPIC100_MODALITIES if modality == "ALL" else names):     # ALL needs all three
+        if m not in features:
+            fail(f"{path}: missing key 'features'/{m!r} (it has {', '.join(map(repr, features))})")
+    for m in names:
+        x = features[m]
+        if len(x) != len(ids):
+            fail(f"{path}: features[{m!r}] has {len(x)} records for {len(ids)} narration ids")
+        if not (isinstance(x, np.ndarray) and x.ndim == 3 and x.dtype != object):    # records one by one: find the bad one
+            for n, record in enumerate(x):
+                shape = np.shape(record)
+                if len(shape) != 2 or shape[0] != EPIC100_SEGMENTS:
+                    fail(f"{path}: record {n} (narration id {ids[n]}) of features[{m!r}] has shape {shape}, expected "
+                         f"({EPIC100_SEGMENTS}, D): wrong segment count")
+            x = np.stack([np.asarray(r) for r in x])
+        if x.shape[1] != EPIC100_SEGMENTS:
+            fail(f"{path}: record 0 (narration id {ids[0] if ids else '-'}) of features[{m!r}] has {x.shape[1]} "
+                 f"segments, expected {EPIC100_SEGMENTS}: wrong segment count")
+        arrays.append(x)
+    return ids, arrays
+
+
+def load_epic100_split(root: str, key: str, modality: str, label: str, cache_dir: str) -> Split:
+    """One EPIC-100 UDA split: the annotation table's rows in order, each joined by narration_id with its 25 feature
+    rows. Features go to a memmap cache on first use (the pickles hold up to 26115 × 25 × 3072 floats); labels: (N,)
+    for --label verb or noun, (N, 2) = (verb, noun) for verb+noun, -1 where the table has none (*_timestamps)."""
+    pickle_name, table_name = EPIC100_SPLITS[key]
+    pickle_path = _find_file(root, ("data", ""), (pickle_name + ".pkl",))
+    table_path = _find_file(root, ("annotations", "UDA_annotations", ""), (table_name + ".csv", table_name + ".pkl"))
+    if not pickle_path:
+        fail(f"feature pickle not found: {os.path.join(root, 'data', pickle_name + '.pkl')} (EPIC-100 UDA layout; "
+             f"see docs/data.md)")
+    if not table_path:
+        fail(f"annotation table not found: {os.path.join(root, 'annotations', table_name + '.csv')} (UDA_annotations "
+             f"of the epic-kitchens-100-annotations repository)")
+    table = read_table(table_path)
+    if not table:
+        fail(f"empty split: {table_path} has no rows")
+    if "narration_id" not in table[0]:
+        fail(f"{table_path}: missing column 'narration_id'")
+    labelled = not table_name.endswith("_timestamps")
+    heads = {"verb": 0, "noun": 1}
+    both = np.full((len(table), 2), -1, dtype=np.int64)
+    if labelled:
+        for i, row in enumerate(table):
+            both[i] = [_int_field(row, f"{h}_class", 0, c) for h, c in EPIC100_CLASSES.items()]
+    labels = both if label == "verb+noun" else both[:, heads[label]]
+
+    os.makedirs(cache_dir, exist_ok=True)
+    stat = os.stat(pickle_path)
+    ident = f"{os.path.abspath(pickle_path)}|{os.path.abspath(table_path)}|{modality}"
+    base = os.path.join(cache_dir, "epic100_" + hashlib.sha1(ident.encode()).hexdigest()[:16])
+    fingerprint = f"{stat.st_size}:{stat.st_mtime_ns}:" + hashlib.sha1(open(table_path, "rb").read()).hexdigest()
+    ids = [row["narration_id"] for row in table]
+    if not (os.path.isfile(base + ".json") and json.load(open(base + ".json")).get("fingerprint") == fingerprint):
+        names, arrays = _read_feature_pickle(pickle_path, modality)
+        index = {}
+        for n, name in enumerate(names):
+            if name in index:
+                fail(f"{pickle_path}: narration id {name} appears twice (records {index[name]} and {n})")
+            index[name] = n
+        for row in table:
+            if row["narration_id"] not in index:
+                fail(f"{row['_where']}: unknown narration id {row['narration_id']!r} (not in {pickle_path})")
+        order = np.array([index[i] for i in ids])
+        dim = sum(x.shape[2] for x in arrays)
+        packed = np.lib.format.open_memmap(base + ".tmp.npy", mode="w+", dtype=np.float32,
+                                           shape=(len(order), EPIC100_SEGMENTS, dim))
+        for start in range(0, len(order), 1024):                  # in chunks: no second full copy in memory
+            rows = order[start:start + 1024]
+            chunk = np.concatenate([np.asarray(x[rows], dtype=np.float32) for x in arrays], axis=2)   # (n, 25, D)
+            bad = ~np.isfinite(chunk).all(axis=(1, 2))
+            if bad.any():
+                fail(f"{pickle_path}: NaN/inf in the features of narration id {ids[start + int(bad.argmax())]}")
+            packed[start:start + len(rows)] = chunk
+        packed.flush()
+        del packed, arrays
+        os.replace(base + ".tmp.npy", base + ".npy")
+        with open(base + ".json.tmp", "w") as f:
+            json.dump({"fingerprint": fingerprint, "pickle": os.path.abspath(pickle_path), "modality": modality}, f)
+        os.replace(base + ".json.tmp", base + ".json")
+    features = np.load(base + ".npy", mmap_mode="r")
+    features = features.reshape(-1, features.shape[2])                                   # (N·25, D)
+    n = len(ids)
+    return Split(f"{pickle_name} ({modality})", features, np.arange(n, dtype=np.int64) * EPIC100_SEGMENTS,
+                 np.full(n, EPIC100_SEGMENTS, dtype=np.int64), labels, ids,
+                 f"{pickle_path} + {table_path} (packed cache {base}.npy)")
+
+
+def _epic100_class_names(root: str, head: str) -> tuple:
+    """Class names from EPIC_100_<head>_classes.csv (columns id,key,...) when it is under the root, else head00.."""
+    path = _find_file(root, ("", "annotations", "UDA_annotations"), (f"EPIC_100_{head}_classes.csv",))
+    count = EPIC100_CLASSES[head]
+    if not path:
+        return [f"{head}{i:03d}" for i in range(count)], f"{head} names: none found (EPIC_100_{head}_classes.csv)"
+    rows = read_table(path)
+    names = [None] * count
+    for row in rows:
+        names[_int_field(row, "id", 0, count)] = row.get("key") or row["id"]
+    if None in names:
+        fail(f"{path}: lists {len(rows)} {head} classes, expected {count} (ids 0..{count - 1})")
+    return names, f"{head} names from {path}"
+
+
+def load_epic100_pair(args, with_target_train: bool = True) -> DomainPair:
+    """EPIC-100 UDA: source_train / source_val (held-out source, model selection) / target_train (no labels) /
+    target_val (scored every epoch), and target_test when its pickle is there (predictions -> test.json)."""
+    if (args.source, args.target) != EPIC100_DOMAINS:
+        fail(f"cannot pair {args.source!r} with {args.target!r}: EPIC-100 UDA is --source epic100-source "
+             f"--target epic100-target")
+    if args.modality not in ("ALL", *EPIC100_MODALITIES):
+        fail(f"unknown --modality {args.modality!r} (RGB, Flow, Audio or ALL)")
+    if not os.path.isdir(args.data_root):
+        fail(f"data root not found: {args.data_root} (the EPIC-100 UDA layout: data/*.pkl, annotations/*.csv)")
+    label = "verb+noun" if args.label == "auto" else args.label
+    cache = os.path.join(args.data_root, ".vidda_cache")
+    splits = {key: load_epic100_split(args.data_root, key, args.modality, label, cache)
+              for key in ("source_train", "source_val", "target_train", "target_val")
+              if key != "target_train" or with_target_train}
+    test = None
+    if _find_file(args.data_root, ("data", ""), ("target_test.pkl",)):
+        test = load_epic100_split(args.data_root, "target_test", args.modality, label, cache)
+    widths = {f"{s.name} {s.dim}" for s in [*splits.values(), test] if s is not None}
+    if len({w.rsplit(' ', 1)[1] for w in widths}) > 1:
+        fail(f"the EPIC-100 pickles have different feature widths ({', '.join(sorted(widths))})")
+    heads = {h: c for h, c in EPIC100_CLASSES.items() if h in label.split("+")}
+    names, notes = [], []
+    for head in heads:
+        head_names, note = _epic100_class_names(args.data_root, head)
+        names += [f"{head}:{n}" for n in head_names] if len(heads) > 1 else head_names
+        notes.append(note)
+    notes.append(f"heads: {', '.join(f'{h} {c}' for h, c in heads.items())}" + (
+        " (the classifier's outputs side by side; top-1 = action: every head right)" if len(heads) > 1 else ""))
+    notes.append("target test: " + (f"{len(test)} videos, predicted into test.json at the source-selected epoch"
+                                    if test is not None else "no data/target_test.pkl, no test.json"))
+    return DomainPair(f"EPIC-100 UDA {args.modality} {label}", names, splits["source_train"], splits["source_val"],
+                      splits.get("target_train"), splits["target_val"], False, heads=heads, target_test=test,
+                      imbalanced=True, notes=notes)
+
+
+def load_epic_pair(args, with_target_train: bool = True) -> DomainPair:
+    """--source/--target among D1, D2, D3, epic100-source, epic100-target."""
+    if args.source in EPIC100_DOMAINS or args.target in EPIC100_DOMAINS:
+        return load_epic100_pair(args, with_target_train)
+    if args.modality != "ALL":
+        fail(f"--modality {args.modality}: only the EPIC-100 feature pickles have modalities")
+    return load_epic_kitchens_pair(args, with_target_train)
+
+
 @dataclass
 class DomainPair:
     """The splits of one source -> target task, and what every output file calls it."""
@@ -449,6 +785,10 @@ class DomainPair:
     target_train: object         # Split, or None for domain generalization
     target_val: Split            # the target test list ("val" in the official lists)
     synthetic: bool
+    heads: dict = field(default_factory=dict)   # EPIC-100: head -> classes; two heads = class_names side by side
+    target_test: object = None   # EPIC-100: unlabelled target test split (predictions -> test.json), or None
+    imbalanced: bool = False     # the summary line also shows class-mean accuracy (EPIC)
+    notes: list = field(default_factory=list)   # lines for `python data.py info`: class file, published sizes
 
     @property
     def num_classes(self) -> int:
@@ -459,6 +799,8 @@ def _resolve_setting(source: str, target: str, setting: str) -> str:
     if setting != "auto":
         if setting not in SETTINGS:
             fail(f"unknown --setting {setting!r} (choose from auto, {', '.join(SETTINGS)})")
+        if not {source, target} <= SETTINGS[setting][1]:
+            fail(f"--setting {setting} pairs {' and '.join(sorted(SETTINGS[setting][1]))}, not {source!r} with {target!r}")
         return setting
     for name in ("full", "olympic", "kinetics"):
         if {source, target} <= SETTINGS[name][1]:
@@ -478,13 +820,16 @@ def load_pair(args, with_target_train: bool = True) -> DomainPair:
     explicit = {"source_list": args.source_list, "target_list": args.target_list, "val_list": args.val_list}
     if not with_target_train:                       # domain generalization: the target train list is never read
         explicit.pop("target_list")
-    known = sorted(DOMAIN_DIRS) + sorted(SYNTHETIC_DOMAINS)
+    if not any(explicit.values()) and {source, target} & set(EPIC_DOMAINS):
+        return load_epic_pair(args, with_target_train)
+    known = sorted(DOMAIN_DIRS) + sorted(SYNTHETIC_DOMAINS)          # EPIC names were dispatched above
     for flag, name in (("--source", source), ("--target", target)):
         if name in RETIRED_SYNTHETIC and not any(explicit.values()):
             make_synthetic_split(name, "val")                # says it is retired, and what to use instead
     for flag, name in (("--source", source), ("--target", target)):
         if not any(explicit.values()) and name not in known:
             fail(f"unknown {flag} {name!r} (choose from {', '.join(known)}, or pass explicit --*-list files)")
+    reject_epic_flags(args, f"{source}->{target}")
     synthetic = source in SYNTHETIC_DOMAINS and not any(explicit.values())
     if synthetic != (target in SYNTHETIC_DOMAINS) and not any(explicit.values()):
         fail(f"cannot pair {source!r} with {target!r}: both must be synthetic (synth2-a/b/c) or both real")
@@ -507,12 +852,11 @@ def load_pair(args, with_target_train: bool = True) -> DomainPair:
         setting = args.setting if args.setting in SETTINGS else None
     tag = SETTINGS[setting][0] if setting else None
 
-    if args.class_file:
-        class_names = read_class_file(args.class_file)
-    elif tag and os.path.isfile(os.path.join(args.data_root, f"classInd_{tag}.txt")):
-        class_names = read_class_file(os.path.join(args.data_root, f"classInd_{tag}.txt"))
+    class_file = args.class_file or (os.path.join(args.data_root, f"classInd_{tag}.txt") if tag else "")
+    if class_file and (args.class_file or os.path.isfile(class_file)):
+        class_names = read_class_file(class_file)
     elif tag:
-        class_names = OFFICIAL_CLASSES[tag]
+        class_names, class_file = OFFICIAL_CLASSES[tag], f"built-in copy of TA3N data/classInd_{tag}.txt"
     else:
         fail("--class-file is required with explicit list files and no --setting")
     lists = {
@@ -544,8 +888,11 @@ def load_pair(args, with_target_train: bool = True) -> DomainPair:
         warn(f"{len(missing)} class(es) have no video in the source train list {lists['source_train']}: "
              f"{', '.join(class_names[c] for c in missing[:10])}{' ...' if len(missing) > 10 else ''}")
     name = args.name or f"{source}->{target}" + (f" ({setting})" if setting else "")
+    notes = [f"classes: {len(class_names)} from {class_file}"] + (
+        [f"setting {setting}: list tag {tag}; published split sizes: {SETTING_SIZES.get(setting, 'not published')}"]
+        if setting else [])
     return DomainPair(name, class_names, splits["source_train"], splits["source_val"], splits["target_train"],
-                      splits["target_val"], False)
+                      splits["target_val"], False, notes=notes)
 
 
 WARNINGS = []          # one-line notices of this process (printed once, copied into metrics.json)
@@ -703,6 +1050,143 @@ def select_epochs(history: list) -> dict:
             "oracle": pick(oracle, "best target test accuracy (oracle, for comparison with papers)")}
 
 
+# ---- labels: one head, or verb + noun (EPIC-100, --label) ----
+# With two heads the classifier's C_verb + C_noun outputs are the two heads side by side (one Linear of that width is
+# two Linear heads), the labels are (N, 2), the class loss is the mean of the heads' CEs and a video counts for the
+# action metric at k when every head's true class is in that head's own top-k (official EPIC-100 TA3N code,
+# main.py:488-495 and multitask_accuracy, main.py:936-966). Scripts pass the heads' sizes, tuple(pair.heads.values());
+# with fewer than two heads every function below is the plain single-label one.
+
+def split_heads(logits, heads: tuple = ()) -> list:
+    """(B, ΣC_h) -> [(B, C_h) per head]; one head (or none): [logits]."""
+    return list(logits.split(list(heads), dim=-1)) if len(heads) > 1 else [logits]
+
+
+def label_loss(logits, labels, heads: tuple = ()):
+    """CE(logits, labels), or with two heads 0.5·(CE_verb + CE_noun) on labels (B, 2) (official train_metric=all)."""
+    if len(heads) < 2:
+        return torch.nn.functional.cross_entropy(logits, labels)
+    parts = split_heads(logits, heads)
+    return sum(torch.nn.functional.cross_entropy(p, labels[:, h]) for h, p in enumerate(parts)) / len(parts)
+
+
+def head_probabilities(logits, heads: tuple = ()):
+    """softmax within each head, side by side: (B, ΣC_h), each head's block sums to 1."""
+    return torch.cat([torch.softmax(p, -1) for p in split_heads(logits, heads)], -1)
+
+
+def head_entropy(logits, heads: tuple = ()):
+    """H(softmax) per row, natural log, averaged over the heads (official: 0.5·(H_verb + H_noun)). (B, ΣC_h) -> (B,)."""
+    parts = [torch.log_softmax(p, -1) for p in split_heads(logits, heads)]
+    return sum(-(p.exp() * p).sum(-1) for p in parts) / len(parts)
+
+
+def topk_hits(logits, labels, k: int) -> torch.Tensor:
+    """(N,) bool: the true class is among the k highest logits (k capped at C). logits (N, C), labels (N,)."""
+    top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices                  # (N, k)
+    return (top == torch.as_tensor(np.asarray(labels))[:, None]).any(-1)
+
+
+def action_hits(logits, labels, heads: tuple, k: int) -> torch.Tensor:
+    """(N,) bool: for EVERY head the true class is in that head's top-k. labels (N, heads)."""
+    labels = torch.as_tensor(np.asarray(labels))
+    hits = [topk_hits(p, labels[:, h], k) for h, p in enumerate(split_heads(logits, heads))]
+    return torch.stack(hits).all(0)
+
+
+def split_report(logits, labels, pair) -> dict:
+    """accuracy_report for one head. With two heads: top1 = action top-1 (what model selection compares),
+    class_mean and confusion of the first head (verb), and under 'heads' each head's and the action's top-1/top-5."""
+    if len(pair.heads) < 2:
+        return accuracy_report(logits, labels, pair.num_classes)
+    labels = torch.as_tensor(np.asarray(labels))
+    sizes = tuple(pair.heads.values())
+    parts = split_heads(logits, sizes)
+    report = accuracy_report(parts[0], labels[:, 0], sizes[0])
+    extra = {}
+    for h, (name, part) in enumerate(zip(pair.heads, parts)):
+        for k in (1, 5):
+            extra[f"{name}_top{k}"] = float(topk_hits(part, labels[:, h], k).double().mean())
+    for k in (1, 5):
+        extra[f"action_top{k}"] = float(action_hits(logits, labels, sizes, k).double().mean())
+    return {**report, "top1": extra["action_top1"], "heads": extra}
+
+
+def summary_details(pair, history: list, final: dict) -> str:
+    """What the summary line adds on EPIC data: class-mean accuracy (the classes are very imbalanced), and with two
+    heads the verb and noun top-1 of the selected epochs (the line's top-1 is then the action top-1)."""
+    if not pair.imbalanced:
+        return ""
+    keys = ("last", "source_selected", "oracle")
+    text = " | class-mean " + " / ".join(f"{100 * final[k]['class_mean']:.2f}" for k in keys)
+    if len(pair.heads) > 1:
+        rows = {r["epoch"]: r for r in history}
+        for name in pair.heads:
+            text += f" | {name} " + " / ".join(f"{100 * rows[final[k]['epoch']][f'target_{name}_top1']:.2f}" for k in keys)
+        text += " (top-1 = action)"
+    return text
+
+
+def write_test_json(path: str, logits, narration_ids: list, heads: dict):
+    """The EPIC-100 UDA challenge's submission file: per narration id, each head's softmax probabilities by class id
+    (3 decimals), version 0.2 (official test_models.py)."""
+    parts = split_heads(logits.double(), tuple(heads.values()))
+    probs = [torch.softmax(p, -1).numpy().round(3).tolist() for p in parts]               # float64: 3 decimals exact
+    results = {}
+    for n, narration_id in enumerate(narration_ids):
+        results[narration_id] = {h: {str(c): p for c, p in enumerate(probs[i][n])} for i, h in enumerate(heads)}
+    with open(path + ".tmp", "w") as f:
+        json.dump({"results_target": results, "version": "0.2", "challenge": "domain_adaptation", "sls_pt": 0,
+                   "sls_tl": 0, "sls_td": 0}, f)
+    os.replace(path + ".tmp", path)
+
+
+def write_test_predictions(run, predict):
+    """At the source-selected epoch (ties: the latest, as select_epochs), predict the unlabelled target test split
+    into <out>/test.json; called by Run.end_epoch when the pair has a test split."""
+    if select_epochs(run.history)["source_selected"]["epoch"] != run.epoch:
+        return
+    heads = run.data.heads or {"class": run.data.num_classes}
+    logits = predict_split(predict, run.data.target_test, run.args.num_segments, run.device, short=run.short_videos)
+    write_test_json(os.path.join(run.out, "test.json"), logits, run.data.target_test.videos, heads)
+
+
+def save_features(run, feature, feature_source=None) -> str:
+    """--save-features: the final video features of the held-out source split and the target test split, with their
+    labels, into <out>/features.npz (read by benchmark/plot.py). `feature` maps frames (B, K, D) to (B, d) (eval mode
+    is the caller's job); `feature_source`, when given, is used for the source split (AdaBN)."""
+    d, k = run.data, run.args.num_segments
+    h_s = predict_split(feature_source or feature, d.source_val, k, run.device, short=run.short_videos)
+    h_t = predict_split(feature, d.target_val, k, run.device, short=run.short_videos)
+    path = os.path.join(run.out, "features.npz")
+    np.savez_compressed(path, source=h_s.numpy(), target=h_t.numpy(), source_labels=np.asarray(d.source_val.labels),
+                        target_labels=np.asarray(d.target_val.labels), classes=np.array(d.class_names),
+                        names=np.array([d.source_val.name, d.target_val.name]), epoch=run.epoch)
+    return path
+
+
+# scripts that implement --label verb+noun (two heads) and --save-features; the others refuse them in one line
+LABEL_AWARE_SCRIPTS = ("ta3n", "baselines")
+
+
+def check_script_flags(args, pair, script: str):
+    if script in LABEL_AWARE_SCRIPTS:
+        return
+    if len(pair.heads) > 1:
+        fail(f"{script}.py trains one classifier head: use --label verb or --label noun (two heads: ta3n.py, "
+             f"baselines.py)")
+    if args.save_features:
+        fail(f"--save-features is implemented in ta3n.py and baselines.py, not in {script}.py")
+
+
+def reject_epic_flags(args, name: str):
+    """--label and --modality choose among EPIC labels and features; other data has one label and one feature."""
+    if args.label != "auto":
+        fail(f"--label {args.label}: {name} has one class label per video (verb/noun labels: EPIC data)")
+    if args.modality != "ALL":
+        fail(f"--modality {args.modality}: only the EPIC-100 feature pickles have modalities")
+
+
 # ==== 4. run plumbing ===============================================================================
 
 @dataclass
@@ -742,6 +1226,14 @@ class RunArgs:
     skip_bad_videos: bool = field(default=False, metadata={"help": "skip (and list) unreadable videos"})
     synth_seed: int = field(default=0, metadata={"help": "seed of the synthetic benchmark's data"})
     synth_dim: int = field(default=128, metadata={"help": "feature width of the synthetic benchmark"})
+    label: str = field(default="auto", metadata={"help": "EPIC: verb, noun or verb+noun (two heads; top-1 = action: "
+                                                 "verb and noun both right); auto = verb+noun on EPIC-100, the one "
+                                                 "class label elsewhere", "choices": list(LABELS)})
+    modality: str = field(default="ALL", metadata={"help": "EPIC-100 feature pickles: RGB, Flow, Audio or ALL (all "
+                                                   "three side by side)", "choices": ["ALL", *EPIC100_MODALITIES]})
+    save_features: bool = field(default=False, metadata={"help": "write <out>/features.npz: final video features "
+                                                         "of the source val and target val splits with labels (for "
+                                                         "benchmark/plot.py)"})
 
 
 def parse_args(cls, argv=None, description: str = ""):
@@ -910,6 +1402,7 @@ class Run:
         # videos shorter than K: TA3N's padding unless a method's Args asks otherwise (MA2L-TD: --short-videos)
         self.short_videos = getattr(args, "short_videos", "pad")
         self.data = data or load_pair(args, with_target_train)
+        check_script_flags(args, self.data, script)
         if self.data.source_train.dim != self.data.target_val.dim:
             fail("source and target features have different widths")
         seed_everything(args.seed)
@@ -1003,13 +1496,14 @@ class Run:
         source-selected epoch). `predict` maps frames (B, K, D) to logits (B, C) (eval mode is the caller's job);
         `predict_source`, when given, is used for the source split instead (AdaBN: source BN statistics)."""
         d = self.data
-        src = accuracy_report(self._predict(predict_source or predict, d.source_val, num_clips),
-                              d.source_val.labels, d.num_classes)
-        tgt = accuracy_report(self._predict(predict, d.target_val, num_clips), d.target_val.labels, d.num_classes)
+        src = split_report(self._predict(predict_source or predict, d.source_val, num_clips), d.source_val.labels, d)
+        tgt = split_report(self._predict(predict, d.target_val, num_clips), d.target_val.labels, d)
         row = {"epoch": self.epoch, **{k2: float(v) for k2, v in train_stats.items()},
                "source_val_top1": src["top1"], "target_top1": tgt["top1"], "target_class_mean": tgt["class_mean"],
-               "target_confusion": tgt["confusion"]}
+               **{f"target_{k2}": v for k2, v in tgt.get("heads", {}).items()}, "target_confusion": tgt["confusion"]}
         self.history.append(row)
+        if d.target_test is not None:
+            write_test_predictions(self, predict)
         self._write(final=False)
         if self.args.eval_only:
             return row
@@ -1084,19 +1578,24 @@ class Run:
             return metrics
         print(f"{self.script} | {label}data {self.data.name} | target top-1: last {100 * f['last']['top1']:.2f} "
               f"| source-selected {100 * f['source_selected']['top1']:.2f} (ep {f['source_selected']['epoch']}) "
-              f"| oracle {100 * f['oracle']['top1']:.2f} (ep {f['oracle']['epoch']}) "
-              f"| {metrics['wall_time_s']:.1f}s, {self.threads} thread{'s' * (self.threads > 1)}{skipped} | {self.out}")
+              f"| oracle {100 * f['oracle']['top1']:.2f} (ep {f['oracle']['epoch']})"
+              f"{summary_details(self.data, self.history, f)} | {metrics['wall_time_s']:.1f}s, {self.threads} "
+              f"thread{'s' * (self.threads > 1)}{skipped} | {self.out}")
         return metrics
 
 
 # ==== `python data.py info` ==========================================================================
 
 def describe(split: Split, num_classes: int) -> str:
-    counts = np.bincount(split.labels, minlength=num_classes)
+    labels = np.asarray(split.labels)
+    first = labels[:, 0] if labels.ndim == 2 else labels          # two heads: the first head's (verb) classes
+    counts = np.bincount(np.maximum(first, 0), minlength=num_classes)
+    classes = "unlabelled" if (first < 0).all() else (
+        f"{'verb: ' if labels.ndim == 2 else ''}{int((counts > 0).sum())} classes, videos per class "
+        f"{counts.min()}-{counts.max()} ({' '.join(map(str, counts))})")
     lengths = split.lengths
     cached = "packed cache" if "packed cache" in split.origin else ("in memory" if "generated" in split.origin else "-")
-    return (f"{split.name}: {len(split)} videos, {int((counts > 0).sum())} classes, videos per class "
-            f"{counts.min()}-{counts.max()} ({' '.join(map(str, counts))}), frames min/median/max "
+    return (f"{split.name}: {len(split)} videos, {classes}, frames min/median/max "
             f"{lengths.min()}/{int(np.median(lengths))}/{lengths.max()}, width {split.dim}, {cached}; "
             f"from {split.origin}")
 
@@ -1147,8 +1646,12 @@ def main(argv=None):
     args = parse_args(InfoArgs, argv[1:], "Describe a source/target pair (default: the synthetic benchmark).")
     pair = load_pair(args)
     print(f"data: {pair.name}{' (SYNTHETIC benchmark)' if pair.synthetic else ''}; {pair.num_classes} classes")
-    for split in (pair.source_train, pair.source_val, pair.target_train, pair.target_val):
-        print("  " + describe(split, pair.num_classes))
+    for note in pair.notes:
+        print("  " + note)
+    first_head = list(pair.heads.values())[0] if len(pair.heads) > 1 else pair.num_classes
+    for split in (pair.source_train, pair.source_val, pair.target_train, pair.target_val, pair.target_test):
+        if split is not None:
+            print("  " + describe(split, first_head))
     print(f"  target batch for source batch {args.batch_size}: "
           f"{target_batch_size(args.batch_size, len(pair.source_train), len(pair.target_train))}")
     shift = shift_report(pair)

@@ -67,6 +67,9 @@ Ablations (paper Tables 6-8, 10-11) and options
   --relations official|all   --kernel auto|triton|torch (auto: Triton on CUDA, PyTorch reference on CPU)
   --lambda-as grl|loss-weight   --detach-attention   --lr-schedule official|dann   --train-sampling center|random
   --beta-frame/--beta-relation/--beta-video (< 0: DANN ramp)   --mmd official|median
+  --label verb|noun|verb+noun (EPIC-100; data.py): verb+noun gives G_y two heads, L_y = 0.5·(CE_verb + CE_noun) and
+        H(ŷ) of Eq. (9) the mean of the heads' entropies (official EPIC-100 TA3N code, main.py train())
+  --save-features   <out>/features.npz: final h of the source val and target val splits (benchmark/plot.py)
 Analysis (Table 9) in metrics.json "analysis": MMD² and the video-discriminator domain loss of the final video
 features h, source val vs target val. --mmd official (default): the official mmd_rbf kernel (5 Gaussians, bandwidths
 ×2 around the mean squared distance); --mmd median: one Gaussian, median heuristic. The paper names neither.
@@ -245,9 +248,11 @@ class TA3N(nn.Module):
 
     def __init__(self, in_dim: int, num_classes: int, *, num_segments: int, temporal: str, discriminators: list,
                  attention: str, relations: str = "official", backend: str = "torch", detach_attention=False,
-                 dropout: float = 0.5, frame_dim: int = FRAME_DIM, relation_dim: int = RELATION_DIM):
+                 dropout: float = 0.5, frame_dim: int = FRAME_DIM, relation_dim: int = RELATION_DIM,
+                 heads: tuple = ()):
         super().__init__()
         self.temporal, self.attention, self.backend = temporal, attention, backend
+        self.heads = tuple(heads)    # EPIC-100 verb+noun: sizes of the classifier's heads (one Linear, side by side)
         self.detach_attention = detach_attention
         self.spatial = init_official(nn.Linear(in_dim, frame_dim))                # G_sf (+ ReLU, dropout)
         self.dropout = nn.Dropout(dropout)
@@ -265,7 +270,7 @@ class TA3N(nn.Module):
             video_dim = relation_dim
         if attention == "general":   # official models.py: Linear(d, d) → Tanh → Linear(d, 1), default init
             self.general_attention = nn.Sequential(nn.Linear(video_dim, video_dim), nn.Tanh(), nn.Linear(video_dim, 1))
-        self.classifier = init_official(nn.Linear(video_dim, num_classes))       # G_y
+        self.classifier = init_official(nn.Linear(video_dim, num_classes))       # G_y (two heads: side by side)
         self.video_discriminator = discriminator(video_dim, official_init=True) if "video" in discriminators else None
 
     def tuples(self):
@@ -316,8 +321,9 @@ class TA3N(nn.Module):
 
 # == losses, one per equation ==
 
-def class_loss(logits_s, labels_s):
-    return F.cross_entropy(logits_s, labels_s)                                    # Eq. (1)
+def class_loss(logits_s, labels_s, heads: tuple = ()):
+    """Eq. (1); with two heads (EPIC-100 --label verb+noun) 0.5·(CE_verb + CE_noun), the official EPIC code's."""
+    return data.label_loss(logits_s, labels_s, heads)                            # Eq. (1)
 
 
 def domain_loss(d_s, d_t):
@@ -328,10 +334,12 @@ def domain_loss(d_s, d_t):
     return F.cross_entropy(torch.cat([d_s, d_t]), labels)
 
 
-def attentive_entropy_loss(logits, domain_logits, detach: bool = False):
-    """Eq. (9), mean over the S∪T batch: (1 + H(d̂)) · H(ŷ). The official weight is not detached."""
+def attentive_entropy_loss(logits, domain_logits, detach: bool = False, heads: tuple = ()):
+    """Eq. (9), mean over the S∪T batch: (1 + H(d̂)) · H(ŷ). The official weight is not detached. With two heads
+    H(ŷ) is the mean of the heads' entropies under the same weight (official EPIC code: 0.5·(L_ae,verb + L_ae,noun))."""
     weight = 1 + entropy(domain_logits)
-    return ((weight.detach() if detach else weight) * entropy(logits)).mean()     # Eq. (9)
+    h_y = entropy(logits) if len(heads) < 2 else data.head_entropy(logits, heads)
+    return ((weight.detach() if detach else weight) * h_y).mean()                # Eq. (9)
 
 
 # == training ==
@@ -370,11 +378,12 @@ def train_step(model, optimizer, args, x_s, y_s, x_t=None, betas: dict = None) -
     weight = {k: (1.0 if args.lambda_as == "grl" else betas[k]) for k in DISCRIMINATORS}
     b_s = len(x_s)
     out = model(x_s if x_t is None else torch.cat([x_s, x_t]), grl)           # one pass over (B_s + B_t, K, D)
-    losses = {"loss_y": class_loss(out["logits"][:b_s], y_s)}                     # Eq. (1)
+    losses = {"loss_y": class_loss(out["logits"][:b_s], y_s, model.heads)}        # Eq. (1)
     for k in args.discriminators:                                                 # Eqs. (2), (6), (3)
         losses[f"loss_{k}"] = domain_loss(out[k][:b_s], out[k][b_s:])
     if args.entropy_loss == "attentive":
-        losses["loss_ae"] = attentive_entropy_loss(out["logits"], out["video"], args.detach_attention)  # Eq. (9)
+        losses["loss_ae"] = attentive_entropy_loss(out["logits"], out["video"], args.detach_attention,
+                                                   model.heads)                   # Eq. (9)
     # Eq. (10): with GRLs the minus sign lives in the reversed gradient, so every term is added
     total = losses["loss_y"] + sum(weight[k] * losses[f"loss_{k}"] for k in args.discriminators)
     if "loss_ae" in losses:
@@ -466,13 +475,14 @@ def domain_discrepancy(model, run, grl) -> dict:
     return out
 
 
-def build(args, in_dim: int, num_classes: int, device="cpu", **widths):
-    """The model and its optimizer (one parameter group, one lr: the official code has no 10× heads). `widths`
+def build(args, in_dim: int, num_classes: int, device="cpu", heads: tuple = (), **widths):
+    """The model and its optimizer (one parameter group, one lr: the official code has no 10× heads). `heads`: the
+    classifier heads' sizes for EPIC-100 --label verb+noun (num_classes is then their sum). `widths`
     (frame_dim, relation_dim) exist for tests that run the Triton interpreter on tiny shapes."""
     model = TA3N(in_dim, num_classes, num_segments=args.num_segments, temporal=args.temporal,
                  discriminators=args.discriminators, attention=args.attention, relations=args.relations,
                  backend=args.kernel, detach_attention=args.detach_attention, dropout=args.dropout,
-                 **widths).to(device)
+                 heads=heads, **widths).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=args.momentum, nesterov=args.nesterov,
                                 weight_decay=args.weight_decay)
     return model, optimizer
@@ -484,7 +494,7 @@ def main(argv=None) -> dict:
     run = data.Run(args, script="ta3n", with_target_train=True,
                    variant="" if args.variant == "ta3n" else args.variant)    # one output folder per variant
     d = run.data
-    model, optimizer = build(args, d.source_train.dim, d.num_classes, run.device)
+    model, optimizer = build(args, d.source_train.dim, d.num_classes, run.device, heads=tuple(d.heads.values()))
     grl = {k: getattr(args, f"beta_{k}") for k in DISCRIMINATORS}   # evaluation runs without gradients: λ unused
     predict = lambda x: model(x, grl, domains=False)["logits"]
     if args.eval_only:                                     # --eval-only --checkpoint PATH: test, no training
@@ -494,6 +504,9 @@ def main(argv=None) -> dict:
         stats = train_one_epoch(model, optimizer, run, args, epoch)
         model.eval()
         run.end_epoch(stats, predict=predict)
+    if args.save_features and not args.eval_only:             # h before dropout, eval mode, for benchmark/plot.py
+        model.eval()
+        data.save_features(run, lambda x: model(x, grl, domains=False)["feature"])
     return run.finish(extra={"analysis": domain_discrepancy(model, run, grl)})
 
 

@@ -379,3 +379,21 @@ def test_bad_combination_is_one_error_line(argv, message):
     assert out.returncode != 0 and "Traceback" not in out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]
+
+
+# ---- EPIC-100 two heads (--label verb+noun): every softmax and entropy within a head ----
+
+def test_two_heads_discrepancy_cdan_map_and_entropy_by_hand():
+    heads = (2, 3)
+    l1 = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0]])
+    l2 = torch.tensor([[math.log(3.0), 0.0, 0.0, 0.0, 0.0]])                    # verb head (0.75, 0.25), noun uniform
+    # Eq. (8) per head: verb mean |0.5 − 0.75|, |0.5 − 0.25| = 0.25; noun 0; mean over heads 0.125
+    assert_close(baselines.classifier_discrepancy(l1, l2, heads), 0.125, atol=1e-7, what="d two heads")
+    features = torch.tensor([[2.0, -1.0]])
+    t = baselines.multilinear_map(features, l2, heads)                            # (1, 5·2)
+    want = torch.tensor([0.75, 0.25, 1 / 3, 1 / 3, 1 / 3])[:, None] * features    # softmax within each head
+    assert_close(t, want.flatten()[None], atol=1e-6, what="f ⊗ softmax per head")
+    h = baselines.entropy(l2, heads)
+    want_h = 0.5 * (-(0.75 * math.log(0.75) + 0.25 * math.log(0.25)) + math.log(3))
+    assert_close(h, [want_h], atol=1e-6, what="mean of the heads' entropies")
+    assert_close(baselines.entropy(l1), [math.log(5)], atol=1e-6, what="one head: over all outputs")

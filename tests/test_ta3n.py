@@ -445,3 +445,34 @@ def test_bad_input_in_process(argv, message, monkeypatch, tmp_path):
     with pytest.raises(SystemExit) as e:
         ta3n.main([*argv, "--synth-dim", "16", "--out", str(tmp_path)])
     assert str(e.value).startswith("error:") and message in str(e.value)
+
+
+# ---- EPIC-100 two heads (--label verb+noun) ----
+
+def test_two_heads_class_loss_and_attentive_entropy_by_hand():
+    """Heads (2, 3): L_y = 0.5·(CE_verb + CE_noun); Eq. (9) weights the mean of the two heads' entropies."""
+    logits = torch.tensor([[0.0, 0.0, 1.0, 1.0, 1.0], [0.0, 0.0, 0.0, 0.0, 0.0]])     # both heads uniform
+    domain = torch.tensor([[0.0, 0.0], [10.0, -10.0]])                              # H(d̂) = ln 2, ≈ 0
+    labels = torch.tensor([[1, 2], [0, 0]])
+    assert_close(ta3n.class_loss(logits, labels, (2, 3)), 0.5 * (LN2 + math.log(3)), atol=1e-6, what="L_y")
+    h_y = 0.5 * (LN2 + math.log(3))                                                 # per row, both rows
+    h_d = [LN2, 0.0]
+    want = sum((1 + h) * h_y for h in h_d) / 2
+    assert_close(ta3n.attentive_entropy_loss(logits, domain, heads=(2, 3)), want, atol=1e-6, what="L_ae two heads")
+    # one head: unchanged (entropy over all 5 outputs)
+    want_one = sum((1 + h) * math.log(5) for h in h_d) / 2
+    assert_close(ta3n.attentive_entropy_loss(torch.zeros(2, 5), domain), want_one, atol=1e-6, what="L_ae one head")
+
+
+def test_build_with_heads_trains_one_step_on_verb_noun_labels():
+    args = args_for("--batch-size", "4")
+    model, opt = ta3n.build(args, 16, 5, heads=(2, 3), **TINY_WIDTHS)
+    assert model.heads == (2, 3) and model.classifier.out_features == 5
+    g = torch.Generator().manual_seed(0)
+    x_s, x_t = torch.randn(4, 5, 16, generator=g), torch.randn(3, 5, 16, generator=g)
+    y_s = torch.tensor([[0, 2], [1, 0], [1, 1], [0, 2]])
+    before = model.classifier.weight.detach().clone()
+    stats = ta3n.train_step(model, opt, args, x_s, y_s, x_t)
+    assert math.isfinite(float(stats["loss_y"])) and float(stats["loss_y"]) == pytest.approx(
+        0.5 * (LN2 + math.log(3)), abs=0.02)            # N(0, 0.001) init: near-uniform heads (one head: ln 5)
+    assert not torch.equal(model.classifier.weight, before)
