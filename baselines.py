@@ -536,7 +536,7 @@ def main(argv=None) -> dict:
         stats = train_one_epoch(run, model, optimizers, args, epoch, sampling)
         model.eval()
         run.end_epoch(stats, **evaluate)
-    if args.save_features and not args.eval_only:   # pre-dropout video feature, eval mode, for benchmark/plot.py
+    if args.save_features:                          # pre-dropout video feature, eval mode, for benchmark/plot.py
         data.save_features(run, lambda x: net(x, domain=1)[1], lambda x: net(x, domain=0)[1])
     return run.finish(extra={"method": args.method, "temporal": temporal, "train_sampling": sampling,
                              "parameters": sum(p.numel() for p in model.parameters())})

@@ -504,7 +504,7 @@ def main(argv=None) -> dict:
         stats = train_one_epoch(model, optimizer, run, args, epoch)
         model.eval()
         run.end_epoch(stats, predict=predict)
-    if args.save_features and not args.eval_only:             # h before dropout, eval mode, for benchmark/plot.py
+    if args.save_features:                                    # h before dropout, eval mode, for benchmark/plot.py
         model.eval()
         data.save_features(run, lambda x: model(x, grl, domains=False)["feature"])
     return run.finish(extra={"analysis": domain_discrepancy(model, run, grl)})

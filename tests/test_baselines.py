@@ -309,7 +309,7 @@ def test_each_method_trains_one_step(tmp_path, monkeypatch, method, temporal):
 def test_smoke_run_outputs_and_accuracy(tmp_path, capsys):
     out = tmp_path / "dann"
     m = baselines.main(["--method", "dann", "--temporal", "relation", "--seed", "1", "--out", str(out),
-                        "--synth-dim", "32", "--epochs", "3", "--lr", "0.5", "--batch-size", "256"])
+                        "--synth-dim", "32", "--epochs", "3", "--lr", "0.1", "--batch-size", "32"])
     for f in ("metrics.json", "epochs.csv", "checkpoint.pt"):
         assert os.path.isfile(out / f), f
     stored = json.load(open(out / "metrics.json"))
@@ -321,8 +321,9 @@ def test_smoke_run_outputs_and_accuracy(tmp_path, capsys):
     rows = m["epochs"]
     assert [r["epoch"] for r in rows] == [1, 2, 3]
     assert all(0 < r["loss_sd"] < 1 and 0 < r["loss_td"] < 1 for r in rows)  # near ln 2: the adversarial game
-    # the official lr rule: 6 steps per epoch (1438/256 and 840/149), after epoch 1 p = (5 + 6) / (3 · 6)
-    assert_close(rows[0]["lr"], 0.5 / (1 + 10 * 11 / 18) ** 0.75, atol=1e-9, what="lr after epoch 1")
+    # the official lr rule: 45 steps per epoch (ceil(1438/32) = 45, ceil(840/18) = 47; the shorter domain ends the
+    # epoch), after the last step of epoch 1 p = (44 + 1 · 45) / (3 · 45)
+    assert_close(rows[0]["lr"], 0.1 / (1 + 10 * 89 / 135) ** 0.75, atol=1e-9, what="lr after epoch 1")
     assert "SYNTHETIC" in capsys.readouterr().out
 
 

@@ -383,7 +383,7 @@ def test_triton_and_torch_paths_train_identically():
 
 def test_smoke_run_in_process(tmp_path, capsys):
     out = str(tmp_path / "run")
-    m = ta3n.main(["--synth-dim", "16", "--epochs", "2", "--lr", "1.0", "--out", out])
+    m = ta3n.main(["--synth-dim", "16", "--epochs", "2", "--batch-size", "32", "--out", out])
     for name in ("metrics.json", "epochs.csv", "checkpoint.pt"):
         assert os.path.isfile(os.path.join(out, name)), name
     stored = json.load(open(os.path.join(out, "metrics.json")))
