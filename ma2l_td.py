@@ -32,58 +32,43 @@ Paper -> code   (shapes: B batch rows (clips × videos, source + target), K = k_
   Eq. (12)  w = ℓ / Σ_s ℓ;  f^{m+1}_j = H + Σ_s w_s f^m_{j+s·d}   attpool_weights(), DilatedAggregation
   L_b is BCE with logits, domain label d = 0 source, 1 target (official DomainBCE, loss.py).
 
-Where the official code differs from the paper; default = paper unless said otherwise
- 1. AttPool (Eqs. 11-12) is absent in the code: the taps get 1/q (networks/network.py, ResidualDialConv; the
-    attentive branch there is never called) (--attn-pool uniform).
- 2. Level attention: the code uses the binary entropy of an untrained linear probe (detached; the probe never gets
-    a gradient; network.py, DiscrminiatorBlock) (--level-attn code). Paper: a Linear(C, 1) 𝒟^m trained with BCE
-    on the detached F^m; l^m is its detached BCE against d. Both are normalised per sample (code).
- 3. Level 1 (frames) has slot discriminators in the paper, not in the code (model.py:99, commented out)
-    (--no-frame-level-discriminators). Without them the level-1 AttPool has no ℓ to use and falls back to 1/q.
- 4. The slot loss is a sum over j in the paper and a mean in the code (loss.py, DomainBCE); default: the code's
-    mean (the 51-slot level would dominate otherwise) (--slot-reduction sum).
- 5. lr 3e-4 "with decay" (paper) vs 3e-5, never decayed (code, pass --lr 3e-5 --lr-decay-epoch 0). Adam, weight
+Where the official code differs from the paper (default: the paper where it is explicit, else the code)
+ 1. AttPool (Eqs. 11-12) is absent in the code: the taps get 1/q (network.py, ResidualDialConv; its attentive
+    branch is never called) (--attn-pool uniform).
+ 2. Level attention: the code uses the binary entropy of an untrained linear probe (network.py,
+    DiscrminiatorBlock) (--level-attn code). Paper: 𝒟^m = Linear(C, 1) on F^m; l^m its detached BCE against d.
+    Both normalised per sample (code).
+ 3. Level 1 has slot discriminators in the paper, not in the code (model.py:99, commented out)
+    (--no-frame-level-discriminators; the level-1 AttPool then has no ℓ and uses 1/q).
+ 4. Slot loss: Σ_j (paper Eq. 3) vs mean_j (code, loss.py DomainBCE; default, else the 51-slot level dominates).
+ 5. lr 3e-4 "with decay" (paper) vs 3e-5, never decayed (code: --lr 3e-5 --lr-decay-epoch 0); Adam, weight
     decay 5e-4 (code, model.py:119).
- 6. L_t weight: 1 in Eq. (2) (paper, --entropy-weight 1) vs 1/C: the code's HLoss averages −p log p over B×C
-    (loss.py). Default: the code's 1/C; the paper's reported numbers come from that code, and weight 1 collapses
-    the target predictions to one class on the synthetic benchmark (docs/ma2l_td.md).
- 7. Batches and epochs (code): 32 source + 32 target videos per step (model.py:44-49), the source drawn by a
-    class-balanced sampler (datas/rgb_feats_dataset.py, BalancedSampler: every class cut to the smallest class's
-    count, interleaved class by class; --source-sampler shuffle for a plain shuffle); an epoch is one pass over the
-    target list, the source loader cycled without end across epochs (basic_model.py:17, inf_iter); the last target
-    batch is partial. The paper says only "batch 32".
- 8. Clips (code): 5 random 53-frame TSN clips per video per step, the loss averaged over clips (model.py:117)
-    (--train-clips; the paper samples one). Test: 5 clips averaged (code: 5 random ones; here 5 evenly shifted
-    centred clips from data.py, deterministic) (--test-clips).
- 9. BatchNorm (code): the encoder sees one BN batch per domain and clip, source clips first (model.py:85-86), so
-    each domain is normalised by its own batch statistics (--bn-passes joint: one batch for everything, the
-    behaviour of this file before issue 14). Adversarial loss per domain: (mean over source + mean over
-    target) / 2 (model.py:113).
-10. GRL: the paper gives no coefficient; the code puts one GRL in front of the aggregators, ramped per epoch to
-    0.1: λ = 2λ_max/(1 + exp(−10p)) − λ_max (model.py, coeff) (--lambda-max). So the discriminators and the
-    aggregators minimise L_adv and only the frame encoder gets −λ∇L_adv (the code's resolution of Eq. 9).
-11. H^m = Conv1d(C, C, q, dilation d_m) → ReLU → Conv1d(C, C, 1), shared by the slots of a level; init: xavier-
-    normal Linear weights, zero biases, BN weight N(1, 0.02), PyTorch's default for Conv1d (network.py). The
-    paper says only "a 1-D residual convolution" and gives no init.
-12. Videos shorter than K = 53 frames (150 of 840 HMDB-train videos) get their frames duplicated over the whole
-    video by the code's loader (identical clips); data.py's TA3N rule would pad with the last frame. Default:
-    spread (the same TSN formulas as longer videos, so clips still differ; --short-videos pad for TA3N's rule).
-13. The code selects the best target-test epoch (class-mean accuracy); data.py reports last, source-selected and
-    (labelled) oracle epochs.
-Decided here (paper and code silent or inapplicable):
-  - ℓ is detached in Eq. (12) (the weights must not open a gradient path the encoder could game); ε = 1e-6.
-  - Paper-mode 𝒟^m is trained by its own BCE on the detached F^m (the paper: "without back propagation for
-    adversarial training"), weighted per domain like L_adv.
-  - lr schedule ×0.1 from 2/3 of the epochs (the paper says only "decays").
-  - Test-time BN statistics (--test-bn): recomputed on the target train list (AdaBN-style: every frame of its
-    centred clips, layer by layer) by default; the source split used for model selection is normalised with
-    statistics recomputed on the source train list. --test-bn running: the running statistics, as the code tests
-    (a momentum mix of source and target batches, weighted toward the target passes that come last). Both
-    target accuracies are recorded every epoch (target_top1_target_bn / target_top1_running_bn).
-  - Source only (--no-adaptation): the same steps per epoch (one target pass) and the same test statistics, so it
-    is tested exactly like the adapted model; with --no-adaptation the running statistics are source statistics.
-  - The endless source stream: pass p is shuffled by its own generator seeded by (--seed, p), so --resume
-    continues it exactly.
+ 6. L_t weight 1 in Eq. (2) (paper: --entropy-weight 1) vs 1/C: the code's HLoss averages −p log p over batch ×
+    classes (loss.py). Default 1/C: the paper's numbers come from that code; weight 1 collapses on our benchmark.
+ 7. Batches and epochs, code only (the paper: "batch 32"): 32 source + 32 target videos a step (model.py:44-49);
+    a class-balanced source (datas/rgb_feats_dataset.py, BalancedSampler: every class cut to the smallest
+    class's count, interleaved class by class; --source-sampler shuffle); an epoch is one pass over the target
+    list, last batch partial, the source loader cycled without end (mmodel/basic_model.py:17, inf_iter).
+ 8. Clips: 5 random TSN clips per video and step, the loss averaged over them (code, model.py:117; the paper
+    samples one: --train-clips 1). Test: 5 clips averaged (code: random; here evenly shifted centred clips).
+ 9. BatchNorm: one BN batch per domain and clip, source clips first (code, model.py:85-86), so each domain is
+    normalised by its own statistics (--bn-passes joint: one batch, this file before issue 14). L_adv per
+    domain: (mean over source + mean over target) / 2 (code, model.py:113).
+10. GRL: no coefficient in the paper; the code puts one GRL in front of the aggregators, λ = 2λ_max/(1 +
+    exp(−10p)) − λ_max per epoch, λ_max 0.1 (model.py, coeff) (--lambda-max): the discriminators and the
+    aggregators minimise L_adv, only the encoder gets −λ∇L_adv (the code's resolution of Eq. 9).
+11. Code, not in the paper: H^m = Conv1d(C, C, q, dilation d_m) → ReLU → Conv1d(C, C, 1), shared by the slots of
+    a level; init xavier-normal Linear weights, zero biases, BN weights N(1, 0.02), Conv1d default (network.py).
+12. Videos shorter than K = 53 frames: the code's loader duplicates frames over the video (its clips are then
+    identical); default spread (the same TSN formulas, clips still differ; --short-videos pad: TA3N's rule).
+13. The code reports the best target-test epoch (class-mean); data.py: last, source-selected, oracle (labelled).
+Decided here (paper and code silent): ℓ is detached in Eq. (12) (the weights must not open a gradient path the
+encoder could game), ε = 1e-6; paper-mode 𝒟^m learns from its own BCE on the detached F^m; lr ×0.1 from 2/3 of
+the epochs; test BN statistics recomputed on the target train list (--test-bn target, AdaBN-style; the source
+list used for selection gets statistics recomputed on the source train list; --test-bn running: the code's
+running mix), both target accuracies recorded every epoch; --no-adaptation keeps the steps and the test
+statistics of the adapted model (its running statistics are source statistics); source pass p is shuffled by a
+generator seeded by (--seed, p), so --resume continues the stream.
 
 Ablations (paper Table 4) and options
   --slot-discriminators shared        w/o individual discriminators (one per level)
@@ -465,10 +450,10 @@ def balanced_order(labels, generator):
 
 
 def source_stream(labels, batch: int, first: int, count: int, seed: int, sampler: str) -> list:
-    """Batches first .. first+count−1 of the endless source stream: pass after pass over the source list (ordered by
-    balanced_order, or shuffled), each cut into batches with the last one partial (the code cycles a DataLoader
-    with drop_last=False, basic_model.py:17). Pass p is drawn by its own generator seeded by (seed, p), so any
-    epoch's batches can be rebuilt and --resume continues the stream."""
+    """Batches first .. first+count−1 of the endless source stream: pass after pass over the source list (ordered
+    by balanced_order, or shuffled), each cut into batches with the last one partial (the code cycles a DataLoader
+    with drop_last=False, mmodel/basic_model.py:17). Pass p is drawn by its own generator seeded by (seed, p), so
+    any epoch's batches can be rebuilt and --resume continues the stream."""
     def one_pass(p):
         g = torch.Generator().manual_seed(seed * 1_000_003 + p)
         return balanced_order(labels, g) if sampler == "balanced" else torch.randperm(len(labels), generator=g)
@@ -530,7 +515,7 @@ def train_one_epoch(model, optimizer, run, args, epoch: int) -> dict:
     target = torch.randperm(len(d.target_train), generator=run.generator).split(b)
     source = source_stream(d.source_train.labels, b, (epoch - 1) * len(target), len(target), args.seed,
                            args.source_sampler)
-    sums, count, started = {}, 0, time.perf_counter()
+    sums, count, started, cpu_started = {}, 0, time.perf_counter(), time.process_time()
     for idx_s, idx_t in run.progress(list(zip(source, target))):
         # c random TSN clips per video, clip-major: x[i] holds clip i of every video of the batch
         x_s = run.frames(d.source_train, idx_s.repeat(c), mode="random").view(c, len(idx_s), k, -1)  # (c, B_s, K, D)
@@ -543,7 +528,7 @@ def train_one_epoch(model, optimizer, run, args, epoch: int) -> dict:
             sums[key] = sums.get(key, 0) + v
         count += 1
     return {**{key: float(v) / count for key, v in sums.items()}, "lambda": lambd, "lr": lr,
-            "train_time_s": time.perf_counter() - started}
+            "train_time_s": time.perf_counter() - started, "train_cpu_s": time.process_time() - cpu_started}
 
 
 def test_predictors(model, run, args) -> tuple:

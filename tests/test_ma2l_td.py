@@ -148,7 +148,15 @@ def test_batched_discriminators_equal_a_loop_of_separate_ones(shared, b, k, c, h
     assert_close(x.grad, x_loop.grad, 1e-5, what="dL/dx")
     for i, mod in enumerate(mods):
         assert_close(batched.weights[0].grad[i], mod[0].weight.grad.T, 1e-5, what=f"dL/dW1 of slot {i}")
-        assert batched.weights[1].grad.stride() == batched.weights[1].stride()    # no transposed gradient to copy
+
+
+def test_weight_gradients_come_out_in_the_parameters_layout():
+    """The raw gradient of every stacked weight already has the parameter's strides, so AccumulateGrad keeps it
+    as is (with nn.Linear's (out, in) layout used through a transpose, it had to copy each one: docs/ma2l_td.md)."""
+    d = ma2l_td.SlotDiscriminators(5, 8, 16, dropout=0.2).train()
+    grads = torch.autograd.grad(d(torch.randn(4, 5, 8)).square().sum(), list(d.weights))
+    for w, g in zip(d.weights, grads):
+        assert g.shape == w.shape and g.stride() == w.stride()
 
 
 def test_init_is_the_official_one():
@@ -157,6 +165,7 @@ def test_init_is_the_official_one():
     d = ma2l_td.SlotDiscriminators(20, 64, 128, 0.2)
     for w, b, (fan_in, fan_out) in zip(d.weights, d.biases, ((64, 128), (128, 128), (128, 1))):
         std = math.sqrt(2 / (fan_in + fan_out))
+        w = w.detach()
         assert abs(float(w.std()) / std - 1) < 0.05 and abs(float(w.mean())) < 0.05 * std
         assert not b.any()
     model, _ = ma2l_td.build(args_for(), 16, 12)
@@ -527,3 +536,23 @@ def test_short_videos_are_spread_by_default(tmp_path):
                    script="ma2l_td")
     frames = pad.frames(pad.data.source_train, torch.tensor([short]))
     assert int((frames[0] == torch.as_tensor(np.asarray(last))).all(-1).sum()) == 53 - n + 1
+
+
+def test_resume_after_a_kill_matches_an_uninterrupted_run(tmp_path, monkeypatch):
+    """Model, Adam, the run's generator (target order, clips) and the seeded source stream: a run killed in epoch 2
+    and resumed ends with the same epochs as one that was not killed."""
+    common = [*TINY, "--epochs", "2", "--train-clips", "2", "--batch-size", "128"]
+    full = ma2l_td.main(common + ["--out", str(tmp_path / "a")])
+    real = ma2l_td.train_one_epoch
+
+    def killed_in_epoch_2(model, optimizer, run, args, epoch):
+        if epoch == 2:
+            raise KeyboardInterrupt("killed")
+        return real(model, optimizer, run, args, epoch)
+    monkeypatch.setattr(ma2l_td, "train_one_epoch", killed_in_epoch_2)
+    with pytest.raises(KeyboardInterrupt):
+        ma2l_td.main(common + ["--out", str(tmp_path / "b")])
+    monkeypatch.setattr(ma2l_td, "train_one_epoch", real)
+    resumed = ma2l_td.main(common + ["--out", str(tmp_path / "b"), "--resume"])
+    untimed = lambda rows: [{k: v for k, v in r.items() if k not in ("train_time_s", "train_cpu_s")} for r in rows]
+    assert untimed(resumed["epochs"]) == untimed(full["epochs"]) and resumed["final"] == full["final"]
