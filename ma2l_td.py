@@ -100,7 +100,7 @@ class Args(data.RunArgs):
     epochs: int = field(default=30, metadata={"help": "training epochs, each one pass over the target train list "
                                               "(code: 300)"})
     batch_size: int = field(default=32, metadata={"help": "videos per domain and step: 32 source + 32 target "
-                                                  "(paper and code)"})
+                                                  "(code; the paper: batch 32)"})
     lr: float = field(default=3e-4, metadata={"help": "Adam learning rate (paper 3e-4; code 3e-5)"})
     num_segments: int = field(default=0, metadata={"help": "frames per video K; 0 = derived: 1 + (q−1)·Σ d_m "
                                                    "(53 for --levels 5 --kernel-size 3)"})
@@ -531,7 +531,7 @@ def train_one_epoch(model, optimizer, run, args, epoch: int) -> dict:
             "train_time_s": time.perf_counter() - started, "train_cpu_s": time.process_time() - cpu_started}
 
 
-def test_predictors(model, run, args) -> tuple:
+def predictors_at_test(model, run, args) -> tuple:
     """The target list tested with both BN statistics (recomputed on the target train list; running), and the
     predict functions of --test-bn for data.Run.end_epoch: (top-1 dict, predict on target, predict on source)."""
     d, k, short = run.data, args.num_segments, run.short_videos
@@ -583,7 +583,7 @@ def main(argv=None) -> dict:
     for epoch in run.epochs(state={"model": model, "optimizer": optimizer}):
         stats = train_one_epoch(model, optimizer, run, args, epoch)
         model.eval()
-        top1, predict, predict_source = test_predictors(model, run, args)
+        top1, predict, predict_source = predictors_at_test(model, run, args)
         run.end_epoch({**stats, **top1}, predict=predict, num_clips=args.test_clips, predict_source=predict_source)
     by_bn = bn_report(run.history)
     metrics = run.finish(extra={"geometry": geometry_report(model), "target_top1_by_test_bn": by_bn})
