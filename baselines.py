@@ -21,7 +21,7 @@ Methods (--method), each on --temporal pooling|relation (auto: relation, tsn: po
   tsn, trn      source-only DG baselines (Wang et al. ECCV 2016; Zhou et al. ECCV 2018): no target data at all,
                 TSN random segment sampling; tsn = TemPooling, trn = TemRelation
 
-Backbone (TA3N Fig. 8; ../shared/reference/ta3n.md §0, §2.1-2.2)
+Backbone (TA3N Fig. 8; official code models.py:141, 565-575, TRNmodule.py:27-86; docs/official_code.md §1.3)
   G_sf  Linear(D→512) [+ AdaBN] → ReLU → Dropout(0.5) on each of the K frames, init N(0, 0.001)
   G_tf  TemPooling: mean over K → 512-d;  TemRelation: TRN-M over the official 3-per-scale tuples → 256-d
   G_y   Dropout(0.5) → Linear(d→C), init N(0, 0.001)
@@ -43,7 +43,8 @@ paper numbers its equations differently)
 Shapes: B batch, K frames, D input width, d video-feature width (512 pooling, 256 relation), C classes,
 R_n number of n-frame tuples.
 
-Where the official code differs from the papers (../shared/reference/ta3n.md §2.7, §3; cmhungsteve/TA3N)
+Where the official code differs from the papers (cmhungsteve/TA3N main.py:447-556, loss.py:85-120,
+models.py:490-543; docs/official_code.md §1.4-1.5, docs/baselines.md)
 - DANN: λ is only the GRL scale (0.75 video, 0.5 frame: the script's `--beta`); both domain CEs are added with
   weight 1, so the discriminators train at full rate. We follow the code. (The TA3N text lists λs = 0.75.)
 - JAN: the code feeds the raw *logits* (not softmax) and the pre-dropout video feature, with 2 kernels on the

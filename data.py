@@ -1,6 +1,6 @@
 """vidda data: the one module every method script shares.
 
-It holds only what must be identical across methods (STYLE §5.4): the datasets, frame sampling,
+It holds only what must be identical across methods: the datasets, frame sampling,
 source/target pairing, THE evaluation protocol and the run plumbing. No losses, no discriminators.
 
 Sections
@@ -52,7 +52,7 @@ from tqdm import tqdm
 
 
 def fail(message: str):
-    """Bad input ends here: one line on stderr, exit status 1, no traceback (STYLE §5.2 item 8)."""
+    """Bad input ends here: one line on stderr, exit status 1, no traceback."""
     raise SystemExit(f"error: {message}")
 
 

@@ -5,7 +5,7 @@ Unsupervised Video Domain Adaptation", WACV 2022 (official code github.com/justc
 mmodel/ZZZ_model/ unless said otherwise). Defaults: the paper where it is explicit, else the released code;
 the other reading is a flag. Measurements and the profile: docs/ma2l_td.md.
 
-    python ma2l_td.py                                    # SYNTHETIC benchmark synth-a -> synth-b (53 frames, 5 levels)
+    python ma2l_td.py                                    # SYNTHETIC benchmark synth2-a -> synth2-b (53 frames, 5 levels)
     python ma2l_td.py --source ucf --target hmdb --data-root DATA      # UCF-HMDB_full, U→H
     python ma2l_td.py --levels 4                         # 23 frames, 4 levels (the paper's small benchmarks)
 

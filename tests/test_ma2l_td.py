@@ -436,7 +436,7 @@ def test_epoch_is_one_pass_over_the_target_list(tmp_path, monkeypatch):
     assert torch.equal(y[0], y[1])                                               # the same videos in both clips
     assert not torch.equal(seen[0][3][0], seen[0][3][1])                          # two random clips
     counts = np.bincount(torch.cat([s[1][:32] for s in seen[:20]]).numpy(), minlength=12)
-    assert counts.max() - counts.min() <= 1                                       # balanced (synth-a is not)
+    assert counts.max() - counts.min() <= 1                                       # balanced (synth2-a is not)
     labels = run.data.source_train.labels
     assert counts.sum() == 640 and np.bincount(labels).max() > 1.5 * np.bincount(labels).min()
     # epoch 2 goes on with the source stream's batch 27 (the end of epoch 1's 27 batches)
@@ -536,7 +536,7 @@ def test_short_videos_are_spread_by_default(tmp_path):
     args = ma2l_td.resolve(data.parse_args(ma2l_td.Args, ["--out", str(tmp_path)]))       # K = 53
     run = data.Run(args, script="ma2l_td")
     assert run.short_videos == "spread" and args.num_segments == 53
-    short = int(np.argmin(run.data.source_train.lengths))                 # a synth-a video far shorter than 53
+    short = int(np.argmin(run.data.source_train.lengths))                 # a synth2-a video far shorter than 53
     n = int(run.data.source_train.lengths[short])
     assert n < 53
     frames = run.frames(run.data.source_train, torch.tensor([short]))     # (1, 53, D)
