@@ -402,7 +402,7 @@ def make_synthetic_split(domain: str, part: str, seed: int = 0, dim: int = 128) 
         if len(_SYNTHETIC_CACHE) >= 16:
             _SYNTHETIC_CACHE.pop(next(iter(_SYNTHETIC_CACHE)))
         _SYNTHETIC_CACHE[key] = _generate_synthetic_split(domain, part, seed, dim)
-    return _SYNTHETIC_CACHE[key]
+    return dataclasses.replace(_SYNTHETIC_CACHE[key])           # a caller may rebind fields of its own copy
 
 
 def _generate_synthetic_split(domain: str, part: str, seed: int, dim: int) -> Split:
@@ -1003,12 +1003,20 @@ def paired_batches(n_source: int, n_target: int, batch_source: int, batch_target
 
 @torch.no_grad()
 def predict_split(predict, split: Split, num_segments: int, device, num_clips: int = 1, batch_size: int = 256,
-                  short: str = "pad", frames: torch.Tensor = None):
-    """Logits (N, C) of every video; with num_clips > 1 the logits of the clips are averaged. `frames`: the split's
-    centred frames already gathered on the device ((N, K, D) or (N, clips, K, D)), else they are gathered here."""
-    if frames is None:
-        mode = "clips" if num_clips > 1 else "center"
+                  short: str = "pad", cache: dict = None):
+    """Logits (N, C) of every video; with num_clips > 1 the logits of the clips are averaged. `cache`: a dict in
+    which the split's centred frames, gathered on the device, are kept between calls (they never change) when
+    they take less than 256 MB."""
+    mode = "clips" if num_clips > 1 else "center"
+    key = (id(split), num_segments, num_clips, short)
+    if cache is not None and key in cache:
+        frames = cache[key]
+    else:
         idx = sample_indices(split.lengths, num_segments, mode, num_clips, short=short)
+        small = idx.numel() * split.dim * 4 < 256 * 2 ** 20
+        frames = gather_frames(split, torch.arange(len(split)), idx, device) if small else None
+        if cache is not None and small:
+            cache[key] = frames
     out = []
     for start in range(0, len(split), batch_size):
         v = torch.arange(start, min(start + batch_size, len(split)))
@@ -1376,7 +1384,8 @@ class Run:
         targets = "+".join(args.target) if isinstance(args.target, list) else args.target
         name = args.name or f"{args.source}_{targets}"
         folder = "_".join([script] + ([variant] if variant else []) + [name, f"s{args.seed}"])
-        self.out = args.out or os.path.join("runs", folder + ("_eval" if args.eval_only else ""))
+        self._out_typed = bool(args.out)
+        self.out = args.out = args.out or os.path.join("runs", folder + ("_eval" if args.eval_only else ""))
         _check_output_folder(self.out)
         self.checkpoint_path = os.path.join(self.out, "checkpoint.pt")
         if args.resume and not os.path.isfile(self.checkpoint_path):
@@ -1423,7 +1432,7 @@ class Run:
 
     def resume_command(self) -> str:
         words = command_line(self.args, self.script)
-        words += "" if self.args.out else f" --out {shlex.quote(self.out)}"
+        words += "" if self._out_typed else f" --out {shlex.quote(self.out)}"
         return words + ("" if self.args.resume else " --resume")
 
     # -- data access ---------------------------------------------------------------------------------
@@ -1522,17 +1531,9 @@ class Run:
         return row
 
     def _predict(self, predict, split: Split, num_clips: int) -> torch.Tensor:
-        """Logits of every video of a split; its centred evaluation frames are gathered once per run (they never
-        change) when they take less than 256 MB, then reused every epoch."""
-        key = (id(split), num_clips)
-        if key not in self._eval_frames:
-            mode = "clips" if num_clips > 1 else "center"
-            idx = sample_indices(split.lengths, self.args.num_segments, mode, num_clips, short=self.short_videos)
-            size = idx.numel() * split.dim * 4
-            self._eval_frames[key] = gather_frames(split, torch.arange(len(split)), idx, self.device) \
-                if size < 256 * 2 ** 20 else None
+        """Logits of every video of a split; its evaluation frames are gathered once per run, then reused."""
         return predict_split(predict, split, self.args.num_segments, self.device, num_clips, short=self.short_videos,
-                             frames=self._eval_frames[key])
+                             cache=self._eval_frames)
 
     def elapsed(self) -> float:
         return self.extra_time + time.time() - self.started
