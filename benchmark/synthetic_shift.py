@@ -32,7 +32,7 @@ def last_epoch(pair_dir: str, method: str, seeds) -> list:
         if os.path.isfile(path):
             with open(path) as f:
                 m = json.load(f)
-            if m.get("complete"):
+            if m.get("complete") and m.get("cpu_isa") == "avx2":          # the table's runs (compare.py)
                 values.append(100 * m["final"]["last"]["top1"])
     return values
 
