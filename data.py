@@ -1320,6 +1320,18 @@ def atomic_save(obj, path: str):
 RESUMABLE = {"resume", "epochs", "out", "device", "threads", "cache_dir", "eval_only", "checkpoint", "mmd"}
 
 
+def changed_settings(args, then: dict) -> list:
+    """Flags (outside RESUMABLE) whose value differs from a stored run's args; a flag the stored run predates
+    counts as unchanged when it is at its default."""
+    plain = lambda value: json.loads(json.dumps(value, default=str))      # tuples and lists compare equal
+    changed = []
+    for f in dataclasses.fields(args):
+        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+        if f.name not in RESUMABLE and plain(getattr(args, f.name)) != plain(then.get(f.name, default)):
+            changed.append(f.name)
+    return sorted(changed)
+
+
 def pick_threads(requested: int) -> int:
     """Torch CPU threads for --threads N, or for 0: OMP_NUM_THREADS when it is set, else every core on an idle
     machine and one on a busy one (1-minute load average). These models are small: on a 2-core machine shared with
@@ -1397,8 +1409,7 @@ class Run:
                     then = json.load(f).get("args", {})
             except (OSError, ValueError):
                 then = {}
-            now = dataclasses.asdict(args)
-            changed = sorted(k for k in now if k not in RESUMABLE and now[k] != then.get(k))
+            changed = changed_settings(args, then)
             if changed:
                 fail(f"{self.out} holds a run with other settings ({', '.join('--' + k.replace('_', '-') for k in changed)}"
                      f"); pass another --out, or --resume with that run's flags")
@@ -1459,8 +1470,7 @@ class Run:
         if self.args.resume:
             ckpt = self._load(self.checkpoint_path)
             # the checkpoint must come from the same configuration (only these may change on resume)
-            now, then = dataclasses.asdict(self.args), ckpt.get("args", {})
-            changed = sorted(k for k in now if k not in RESUMABLE and now[k] != then.get(k))
+            changed = changed_settings(self.args, ckpt.get("args", {}))
             if changed:
                 fail(f"{self.checkpoint_path} was written with other settings "
                      f"({', '.join('--' + k.replace('_', '-') for k in changed)}); use another --out or the same flags")

@@ -21,6 +21,7 @@ UCF->HMDB_full ResNet-101 features; it is never mixed with ours.
 import argparse
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -105,6 +106,8 @@ def run_one(job):
     m = done(metrics_path, cmd, isa)
     if m:
         return name, seed, m, "skipped (done)"
+    if os.path.isdir(out):                 # this folder is compare.py's own: an outdated or unfinished run goes
+        shutil.rmtree(out)
     os.makedirs(out, exist_ok=True)
     env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), **CPU_ISA_ENV[isa])
     start = time.time()
