@@ -490,7 +490,9 @@ def train_step(model, optimizer, args, x_s, y_s, x_t, lambd: float) -> dict:
         omega = level_attention(out["level_logits"], domain, args.level_attn, model.aligned)   # (B, #levels)
         losses["loss_adv"] = adversarial_loss(out["slot_losses"], omega, model.aligned, domain, args.slot_reduction)
         # Eq. (9): every term added; the GRL gives the encoder −λ∇L_adv
-        total = total + args.entropy_weight * losses["loss_t"] + losses["loss_adv"]
+        # L_t weight: --entropy-weight, or −1 = 1/C (the code's HLoss averages over batch × classes)
+        weight = args.entropy_weight if args.entropy_weight >= 0 else 1 / logits.shape[1]
+        total = total + weight * losses["loss_t"] + losses["loss_adv"]
         if args.level_attn == "paper":
             losses["loss_level"] = level_discriminator_loss(out["level_logits"], domain)
             total = total + losses["loss_level"]
@@ -575,12 +577,15 @@ def bn_report(history: list) -> dict:
 def main(argv=None) -> dict:
     args = resolve(data.parse_args(Args, argv, __doc__))
     # ---- run plumbing (identical in every script; see data.py) ----
-    run = data.Run(args, script="ma2l_td", with_target_train=True)   # source only: target train for test BN only
+    run = data.Run(args, script="ma2l_td", with_target_train=True,    # source only: target train for test BN only
+                   variant="" if args.adaptation else "source-only")
     d = run.data
-    if args.entropy_weight == -1:
-        args.entropy_weight = 1 / d.num_classes                       # the code's HLoss: a mean over batch × classes
     model, optimizer = build(args, d.source_train.dim, d.num_classes, run.device)
-    for epoch in run.epochs(state={"model": model, "optimizer": optimizer}):
+    if args.eval_only:                                   # --eval-only --checkpoint PATH: test, no training
+        run.load_trained({"model": model})
+        top1, predict, predict_source = predictors_at_test(model, run, args)
+        run.end_epoch(top1, predict=predict, num_clips=args.test_clips, predict_source=predict_source)
+    for epoch in run.epochs(state={"model": model, "optimizer": optimizer}) if not args.eval_only else []:
         stats = train_one_epoch(model, optimizer, run, args, epoch)
         model.eval()
         top1, predict, predict_source = predictors_at_test(model, run, args)

@@ -303,7 +303,7 @@ def test_gradient_routes():
 def test_every_ablation_builds_and_trains_one_step(flags):
     torch.manual_seed(0)
     args = args_for(*flags)
-    args.entropy_weight = 1 / 12 if args.entropy_weight == -1 else args.entropy_weight     # main() does this
+    args.entropy_weight = 1 / 12 if args.entropy_weight == -1 else args.entropy_weight     # what −1 means here
     model, opt = ma2l_td.build(args, 16, 12)
     c = args.train_clips
     x_s = torch.randn(c, 3, args.num_segments, 16)
@@ -456,7 +456,7 @@ def test_smoke_run_in_process(tmp_path, capsys):
     stored = json.load(open(os.path.join(out, "metrics.json")))
     assert stored["complete"] and stored["synthetic"] and stored["args"]["num_segments"] == 9
     assert stored["args"]["attn_pool"] == "paper" and stored["args"]["levels"] == 3
-    assert stored["args"]["entropy_weight"] == 1 / 12 and stored["args"]["train_clips"] == 5   # code's defaults
+    assert stored["args"]["entropy_weight"] == -1 and stored["args"]["train_clips"] == 5   # 1/C and 5 clips: code defaults
     assert stored["geometry"]["slots"] == [9, 7, 1] and stored["geometry"]["slot_discriminators"] == 17
     for row in m["epochs"]:
         for key in ("loss", "loss_s", "loss_t", "loss_adv", "loss_level", "omega_1", "omega_2", "omega_3", "lambda"):
