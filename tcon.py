@@ -61,20 +61,22 @@ Where the paper is silent or wrong, and what we chose (all ours unless a paper's
     synth2-a -> synth2-b: TRN switches by the criterion at steps 22-27 (G_a's C_a 0.24-0.31 × uniform's in epoch
     2); on TSN G_a never gets below 0.92 × uniform's C_a, so the switch there is time-based (the cap, step 72).
     The earlier absolute threshold (EMA(C_a) < 0.01) fired at step 1 on TSN, before G_a had learned anything,
-    because the C_a of uniform attention itself was 0.004.
+    because the C_a of uniform attention itself was 0.003.
  8. Eq. (9): W = one-hot on the best source token of each target token (--alignment hard, default), weights
     detached, source values keep their gradient, so every f̂ token is a real source token. Why: any blend is
     detectable. With both sides source (real source tokens vs source tokens blended into another source video's
-    order), a fresh discriminator on frozen trained TRN tokens reaches C_ds 0.17 and C_dv 0.001 with the soft
-    weights below (chance 1.39), 1.32 and 0.42 with hard ones; rescaling each blended token to the source norms
-    changes nothing. In training, G^v_d then wins outright through the blend, not the domain (C_dv < 0.01).
+    order), a fresh discriminator on the frozen TRN tokens of a trained run reaches C_ds 0.63 and C_dv 0.013 with
+    the soft weights below (chance 1.39), 1.32 and 0.62 with hard ones; rescaling each blended token to the source
+    norms changes nothing. With soft weights G^v_d can win Eq. 10 through the blend, not the domain, and does
+    (C_dv ≤ 0.05 over the last 10 epochs at λ_d = 0.1); λ_d = 1 then wrecks the features to hide it.
     --alignment soft: A^co of a pair min-max rescaled to [0, 1], then the paper's column softmax at τ = 0.1 (the
     raw A^co at init, 0.38 ± 0.06 on TSN tokens, gives near-uniform columns: column max 0.21 vs 0.20 uniform).
  9. Eq. (8): attention weights the segment logits, then CE. The target term (confident targets on their
     pseudo-labels, the paper's "high label prediction confidence", threshold not given) is off by default
-    (--pseudo-labels off): measured over seeds 1-3 it helps TRN by 3 points but costs TSN 8, whose target
-    predictions are less than half right. --pseudo-labels threshold: max softmax ≥ 0.9; balanced: also at most
-    ⌈B_t/C⌉ per predicted class; --pseudo-start: from that fraction of the steps (never before the warm-up ends).
+    (--pseudo-labels off): measured over seeds 1-3 (balanced, from half-way) it helps TRN by 3 points but costs
+    TSN 8, whose target predictions are less than half right. --pseudo-labels threshold: max softmax ≥ 0.9;
+    balanced: also at most ⌈B_t/C⌉ per predicted class; --pseudo-start: from that fraction of the steps (never
+    before the warm-up ends).
     The target sum is divided by all B_t videos (the paper's 1/N_t), so it grows with confidence.
 10. Eq. (11) typo: the text labels *target* segments 1 but the equation feeds source segments: source = 1,
     target-aligned = 0. Eq. (12) sign: "− λ_d (C_dv − C_ds)" would make G_f help the segment discriminator,
