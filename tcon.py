@@ -56,28 +56,22 @@ Where the paper is silent or wrong, and what we chose (all ours unless a paper's
     averages over the paired targets only.
  6. G_a = Linear(d→128) → ReLU → Linear(128→1) per token, softmax over the tokens (sums to 1 like a^t).
     L_a = MSE of K·â^t against K·a^t (uniform = 1, size independent of K); λ_a = 1.
- 7. Warm-up: uniform target attention until G_a beats it, EMA(0.9) of C_a < 0.5 × EMA of the C_a that uniform
-    attention would get (scale-free), at the latest after 20 % of the steps; G_a trains from the start. Measured on
-    synth2-a -> synth2-b: TRN switches by the criterion at steps 22-27 (G_a's C_a 0.24-0.31 × uniform's in epoch
-    2); on TSN G_a never gets below 0.92 × uniform's C_a, so the switch there is time-based (the cap, step 72).
-    The earlier absolute threshold (EMA(C_a) < 0.01) fired at step 1 on TSN, before G_a had learned anything,
-    because the C_a of uniform attention itself was 0.003.
- 8. Eq. (9): W = one-hot on the best source token of each target token (--alignment hard, default), weights
-    detached, source values keep their gradient, so every f̂ token is a real source token. Why: any blend is
-    detectable. With both sides source (real source tokens vs source tokens blended into another source video's
-    order), a fresh discriminator on the frozen TRN tokens of a trained run reaches C_ds 0.63 and C_dv 0.013 with
-    the soft weights below (chance 1.39), 1.32 and 0.62 with hard ones; rescaling each blended token to the source
-    norms changes nothing. With soft weights G^v_d can win Eq. 10 through the blend, not the domain, and does
-    (C_dv ≤ 0.05 over the last 10 epochs at λ_d = 0.1); λ_d = 1 then wrecks the features to hide it.
-    --alignment soft: A^co of a pair min-max rescaled to [0, 1], then the paper's column softmax at τ = 0.1 (the
-    raw A^co at init, 0.38 ± 0.06 on TSN tokens, gives near-uniform columns: column max 0.21 vs 0.20 uniform).
- 9. Eq. (8): attention weights the segment logits, then CE. The target term (confident targets on their
-    pseudo-labels, the paper's "high label prediction confidence", threshold not given) is off by default
-    (--pseudo-labels off): measured over seeds 1-3 (balanced, from half-way) it helps TRN by 3 points but costs
-    TSN 8, whose target predictions are less than half right. --pseudo-labels threshold: max softmax ≥ 0.9;
-    balanced: also at most ⌈B_t/C⌉ per predicted class; --pseudo-start: from that fraction of the steps (never
-    before the warm-up ends).
-    The target sum is divided by all B_t videos (the paper's 1/N_t), so it grows with confidence.
+ 7. Warm-up: uniform target attention until G_a beats it, EMA(0.9) of C_a < 0.5 × EMA of the C_a of uniform
+    attention (scale-free), at the latest after 20 % of the steps; G_a trains from the start. On synth2-a -> b TRN
+    switches by the criterion (steps 22-27), TSN by the cap (G_a stays ≥ 0.92 × uniform's C_a): time-based there.
+    An absolute EMA(C_a) < 0.01 fired at step 1 on TSN, before G_a had learned anything.
+ 8. Eq. (9): W = one-hot on each target token's best source token (--alignment hard), detached; the source values
+    keep their gradient, so every f̂ token is a real source token. Why: a blend is detectable. A fresh
+    discriminator tells real source tokens from source tokens blended into another source video's order (trained
+    TRN tokens: C_ds 0.63, C_dv 0.013 soft; 1.32, 0.62 hard; chance 1.39); keeping the norm changes nothing. With
+    soft weights G^v_d wins Eq. 10 through the blend, not the domain, and λ_d = 1 wrecks the features to hide it.
+    --alignment soft: the pair's A^co min-max rescaled to [0, 1], then the column softmax at τ = 0.1 (raw A^co,
+    0.38 ± 0.06 at init on TSN tokens, gives near-uniform columns).
+ 9. Eq. (8): attention weights the segment logits, then CE. The target term (the paper's confident targets on
+    pseudo-labels, threshold not given) is off by default: balanced and from half-way, it helps TRN by 3 points
+    over seeds 1-3 but costs TSN 8, whose target predictions are less than half right. --pseudo-labels threshold
+    (max softmax ≥ 0.9) / balanced (also ≤ ⌈B_t/C⌉ per predicted class), --pseudo-start (fraction of the steps,
+    never before the warm-up ends); the target sum is divided by all B_t (the paper's 1/N_t).
 10. Eq. (11) typo: the text labels *target* segments 1 but the equation feeds source segments: source = 1,
     target-aligned = 0. Eq. (12) sign: "− λ_d (C_dv − C_ds)" would make G_f help the segment discriminator,
     against the paper's goal and its −SAdNet ablation: both discriminators sit behind one GRL(λ_d).
@@ -86,11 +80,9 @@ Where the paper is silent or wrong, and what we chose (all ours unless a paper's
     → Dropout(0.5) → Linear(512→1), G^seg_d = Linear(d→512) → ReLU → Linear(512→1), BCE; each loss sums its two
     per-term means.
 12. Optimiser: the paper's Adam, lr 3e-4, ×0.1 every 30 epochs (never, in the protocol's 30); --lr-schedule
-    anneal: lr0/(1+10p)^0.75 per step (DANN, TA3N), with --no-lambda-ramp for TA3N-style constant GRL weights
-    (measured lower: the lr falls to 0.17×). TA3N's SGD (lr 0.03) barely moves these heads from the N(0, 0.001)
-    init in 12 epochs (Adam is scale-free), so it is not offered. Batch: the protocol's 128 source + 74 target
-    (the paper: 64), for more same-class pairs.
-    K = 5 segments (the protocol's; the paper grid-searches K, values in its unavailable supplementary).
+    anneal (lr0/(1+10p)^0.75 per step) with --no-lambda-ramp is TA3N's style, measured lower (the lr ends at
+    0.17×). TA3N's SGD (lr 0.03) barely moves these heads from the N(0, 0.001) init, so it is not offered. Batch:
+    the protocol's 128 source + 74 target (the paper: 64). K = 5 (the paper grid-searches K; values unavailable).
     Training frames: TSN random offsets in the K segments; testing: centred frames, â^t from G_a.
 
 Ablation flags (paper Table 5, Jester)
