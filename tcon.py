@@ -1,13 +1,14 @@
 """TCoN: Temporal Co-attention Network, on pre-extracted frame features.
 
 Boxiao Pan*, Zhangjie Cao*, Ehsan Adeli, Juan Carlos Niebles: "Adversarial Cross-Domain Action Recognition with
-Co-Attention", AAAI 2020, https://arxiv.org/abs/1912.10405. No official code exists (../shared/reference/
-methods.md §2.2), so this file is the reference: every detail the paper leaves open is decided below, with why.
+Co-Attention", AAAI 2020, https://arxiv.org/abs/1912.10405. The authors released no code, so this file is the
+reference: every detail the paper leaves open is decided below, with why (docs/tcon.md has the measurements).
 
     python tcon.py                                             # SYNTHETIC synth2-a -> synth2-b
     python tcon.py --source ucf --target hmdb --data-root DATA
     python tcon.py --backbone trn                              # TRN relation tokens (paper Table 3, vs TA3N)
     python tcon.py --source-only                               # the paper's "TSN" row: source labels only
+    python tcon.py --lambda-d 1 --alignment soft --pseudo-labels threshold --pseudo-start 0   # paper-literal
 
 Each step pairs every source video with target videos predicted as its class inside the mini-batch, builds a
 co-attention matrix per pair, derives from it the attention that weights the classifier's segment logits
@@ -22,9 +23,10 @@ Paper -> code  (f = a segment token of G_f; cosine similarity <·,·>, see choic
   Eq. (4-5)  a^s, a^t: mean over a video's pairs of A^co's row / column sums       ground_truth_attention()
   Eq. (6)    â^t = G_a(f^t) = softmax_j'(MLP(f^t_j'))                             AttentionNet
   Eq. (7)    C_a = MSE(K·â^t, K·a^t)                                            attention_loss()
-  Eq. (8)    C_y = CE(Σ_j a^s_j G_y(f^s_j), y) + CE(Σ_j' â^t_j' G_y(f^t_j'), ŷ) on confident targets
+  Eq. (8)    C_y = CE(Σ_j a^s_j G_y(f^s_j), y) + CE(Σ_j' â^t_j' G_y(f^t_j'), ŷ) (ŷ: --pseudo-labels)
                                                                               attentive_logits(), classification_loss()
-  Eq. (9)    f̂_{k,j'} = Σ_j softmax_j(Ā^co_k[:, j'] / τ) f^s_j  (Ā: rescaled)   alignment_weights(), target_aligned()
+  Eq. (9)    f̂_{k,j'} = Σ_j W_k[j, j'] f^s_j, W: A^co's columns, one-hot or softmax  alignment_weights(),
+                                                                              target_aligned()
   Eq. (10)   C_dv = BCE(G^v_d(F^t), 1) + BCE(G^v_d(F̂), 0), F = K tokens concatenated   video_domain_loss()
   Eq. (11)   C_ds = BCE(G^seg_d(f^s_j), 1) + BCE(G^seg_d(f̂_j'), 0)              segment_domain_loss()
   Eq. (12)   min_{f,a,y} C_y + λ_a C_a − λ_d (C_dv + C_ds)   (GRL(λ_d) before both discriminators)   tcon_step()
@@ -32,7 +34,7 @@ Paper -> code  (f = a segment token of G_f; cosine similarity <·,·>, see choic
 Shapes: B_s, B_t source/target batch, K tokens per video (segments; R = 10 relation tuples with --backbone trn),
 D input width, d token width (512 tsn, 256 trn), P pairs, C classes.
 
-Where the paper is silent or wrong, and what we chose (methods.md §2.3 unless said otherwise)
+Where the paper is silent or wrong, and what we chose (all ours unless a paper's text is quoted)
  1. G_f = Linear(D→512) → ReLU per frame (TA3N's shared fc), TA3N's N(0, 0.001) init on every layer but TRN's
     fusion layers (the TA3N comparison starts from the same point; G_a starts at uniform attention). Dropout(0.5)
     only in front of G_y: co-attention and both discriminators see the tokens before dropout (a mix of dropped-out
@@ -45,34 +47,42 @@ Where the paper is silent or wrong, and what we chose (methods.md §2.3 unless s
  4. Pairs ("similar label predictions, within the mini-batch"): score = P^t (P^s)ᵀ of the detached softmax
     predictions (source: mean segment logits). --pairing source (default): each source takes its top-2 targets
     among those predicted as its label (its single best target when none is); target: each target takes its
-    top-2 sources of its predicted class (methods.md's reading). Why source: with target-picked
+    top-2 sources of its predicted class (the other natural reading). Why source: with target-picked
     pairs the class mix of F̂ follows the target predictions, so Eq. (10) pulls the targets towards the classes
-    they are already predicted as. On the synthetic benchmark the target predictions collapsed onto one class
-    within 3 epochs (top-1 0.33 -> 0.09, README). Source-picked pairs give F̂ the source label mix whatever the
-    predictions say.
+    they are already predicted as (on the retired v1 synthetic benchmark the target predictions collapsed onto one
+    class within 3 epochs). Source-picked pairs give F̂ the source label mix whatever the predictions say.
  5. a^s, a^t: mean over a video's pairs (Eqs. 4-5), L1-normalised ("all attention vectors sum to 1"), detached
     (regression targets and classifier weights). A video in no pair uses its normalised a^ss / a^tt; C_a (Eq. 7)
     averages over the paired targets only.
  6. G_a = Linear(d→128) → ReLU → Linear(128→1) per token, softmax over the tokens (sums to 1 like a^t).
     L_a = MSE of K·â^t against K·a^t (uniform = 1, size independent of K); λ_a = 1.
- 7. Warm-up: uniform target attention until the EMA (0.9) of C_a < 0.01, at the latest after 20 % of the steps
-    (on the synthetic benchmark the cap decides); G_a trains from the start; pseudo-labels start at the switch.
- 8. Eq. (9): A^co of a pair is min-max rescaled to [0, 1], then column softmax at τ = 0.1; weights detached,
-    source values keep their gradient. Why: A^co is a product of three cosines (measured at init 0.06 ± 0.02),
-    so softmax(A^co / 0.1) is nearly uniform (column max 0.25 for K = 5) and f̂ collapses to the mean source
-    segment; the literal raw products give a near-one-hot softmax, and the rescale restores that selectivity
-    without depending on the feature scale (column max 0.61 at init).
- 9. Eq. (8): attention weights the segment logits, then CE. Pseudo-labels: max softmax ≥ 0.9 of the detached
-    prediction; the target sum is divided by all B_t videos (the paper's 1/N_t), so it grows with confidence.
+ 7. Warm-up: uniform target attention until G_a beats it, EMA(0.9) of C_a < 0.5 × EMA of the C_a of uniform
+    attention (scale-free), at the latest after 20 % of the steps; G_a trains from the start. On synth2-a -> b TRN
+    switches by the criterion (steps 22-27), TSN by the cap (G_a stays ≥ 0.92 × uniform's C_a): time-based there.
+    An absolute EMA(C_a) < 0.01 fired at step 1 on TSN, before G_a had learned anything.
+ 8. Eq. (9): W = one-hot on each target token's best source token (--alignment hard), detached; the source values
+    keep their gradient, so every f̂ token is a real source token. Why: a blend is detectable. A fresh
+    discriminator tells real source tokens from source tokens blended into another source video's order (trained
+    TRN tokens: C_ds 0.63, C_dv 0.013 soft; 1.32, 0.62 hard; chance 1.39); keeping the norm changes nothing. With
+    soft weights G^v_d wins Eq. 10 through the blend, not the domain, and λ_d = 1 wrecks the features to hide it.
+    --alignment soft: the pair's A^co min-max rescaled to [0, 1], then the column softmax at τ = 0.1 (raw A^co,
+    0.38 ± 0.06 at init on TSN tokens, gives near-uniform columns).
+ 9. Eq. (8): attention weights the segment logits, then CE. The target term (the paper's confident targets on
+    pseudo-labels, threshold not given) is off by default: balanced and from half-way, it helps TRN by 3 points
+    over seeds 1-3 but costs TSN 8, whose target predictions are less than half right. --pseudo-labels threshold
+    (max softmax ≥ 0.9) / balanced (also ≤ ⌈B_t/C⌉ per predicted class), --pseudo-start (fraction of the steps,
+    never before the warm-up ends); the target sum is divided by all B_t (the paper's 1/N_t).
 10. Eq. (11) typo: the text labels *target* segments 1 but the equation feeds source segments: source = 1,
     target-aligned = 0. Eq. (12) sign: "− λ_d (C_dv − C_ds)" would make G_f help the segment discriminator,
     against the paper's goal and its −SAdNet ablation: both discriminators sit behind one GRL(λ_d).
-11. λ_d = 2/(1+exp(−10p)) − 1, p = step / all steps. G^v_d = Linear(K·d→512) → ReLU → Dropout(0.5) →
-    Linear(512→1), G^seg_d = Linear(d→512) → ReLU → Linear(512→1), BCE; each loss sums its two per-term means.
-12. Optimiser: the paper's Adam, lr 3e-4, ×0.1 every 30 epochs (never, in the protocol's 30). TA3N's SGD
-    (lr 0.03, annealed) barely moves these heads from the N(0, 0.001) init in 12 epochs (Adam is scale-free), so
-    it is not offered. Batch: the protocol's 128 source + 74 target (the paper: 64), for more same-class pairs.
-    K = 5 segments (the protocol's; the paper grid-searches K, values in its unavailable supplementary).
+11. λ_d = 0.1 · (2/(1+exp(−10p)) − 1), p = step / all steps. The paper ramps "from 0 to 1 as in DANN"
+    (--lambda-d 1): with soft weights TRN then peaks and collapses (docs/tcon.md). G^v_d = Linear(K·d→512) → ReLU
+    → Dropout(0.5) → Linear(512→1), G^seg_d = Linear(d→512) → ReLU → Linear(512→1), BCE; each loss sums its two
+    per-term means.
+12. Optimiser: the paper's Adam, lr 3e-4, ×0.1 every 30 epochs (never, in the protocol's 30); --lr-schedule
+    anneal (lr0/(1+10p)^0.75 per step) with --no-lambda-ramp is TA3N's style, measured lower (the lr ends at
+    0.17×). TA3N's SGD (lr 0.03) barely moves these heads from the N(0, 0.001) init, so it is not offered. Batch:
+    the protocol's 128 source + 74 target (the paper: 64). K = 5 (the paper grid-searches K; values unavailable).
     Training frames: TSN random offsets in the K segments; testing: centred frames, â^t from G_a.
 
 Ablation flags (paper Table 5, Jester)
@@ -82,7 +92,8 @@ Ablation flags (paper Table 5, Jester)
                                and G_a's targets); Eq. (9) aligns with A^st alone (the paper does not say what
                                aligns without co-attention; A^st is A^co without its self-attention factors)
   --no-attentive-classifier    TCoN − Attn: segment logits averaged uniformly; G_a and C_a unused
-  --pairing target             who picks partners (choice 4); --similarity dot, --tau: choices 3 and 8
+  --pairing target             who picks partners (choice 4); --similarity dot, --alignment soft --tau: 3 and 8
+  --lambda-d 1, --no-lambda-ramp, --lr-schedule anneal, --pseudo-labels, --pseudo-start, --warmup-ratio: 7, 9, 11, 12
   --source-only                no target data: uniform average of segment logits, source labels only
                                (Table 1's TSN row; with --backbone trn, Table 3's TRN)
 """
@@ -107,15 +118,30 @@ class Args(data.RunArgs):
                                                    "choices": ["tsn", "trn"]})
     similarity: str = field(default="cosine", metadata={"help": "<·,·> of Eqs. 1-3: cosine, or dot (inner product "
                                                          "/ √d, the literal one)", "choices": ["cosine", "dot"]})
-    tau: float = field(default=0.1, metadata={"help": "temperature of Eq. 9's column softmax"})
+    tau: float = field(default=0.1, metadata={"help": "temperature of Eq. 9's column softmax (--alignment soft)"})
     pairing: str = field(default="source", metadata={"help": "who picks partners in the batch: each source its "
                                                     "targets, or each target its sources", "choices":
                                                     ["source", "target"]})
     pairs_per_video: int = field(default=2, metadata={"help": "same-class partners each picking video takes"})
     lambda_a: float = field(default=1.0, metadata={"help": "weight λ_a of the attention regression loss C_a"})
+    lambda_d: float = field(default=0.1, metadata={"help": "final value of the GRL weight λ_d of both discriminators "
+                                                   "(paper: 1)"})
+    lambda_ramp: bool = field(default=True, metadata={"help": "ramp λ_d from 0 as in DANN (paper); off: constant λ_d"})
+    lr_schedule: str = field(default="step", metadata={"help": "step: ×0.1 every --lr-step epochs (paper); anneal: "
+                                                       "lr0/(1+10p)^0.75 per step (DANN, TA3N)",
+                                                       "choices": ["step", "anneal"]})
+    alignment: str = field(default="hard", metadata={"help": "Eq. 9 weights: soft (column softmax at --tau) or hard "
+                                                     "(each target token takes its best source token)",
+                                                     "choices": ["soft", "hard"]})
+    pseudo_labels: str = field(default="off", metadata={"help": "target term of Eq. 8: off, threshold "
+                                                             "(confident targets), or balanced (confident, at most "
+                                                             "B_t/C per predicted class)",
+                                                             "choices": ["off", "threshold", "balanced"]})
     pseudo_threshold: float = field(default=0.9, metadata={"help": "confidence for a target pseudo-label (Eq. 8)"})
-    warmup_threshold: float = field(default=0.01, metadata={"help": "EMA of C_a below which G_a replaces uniform "
-                                                              "target attention"})
+    pseudo_start: float = field(default=0.0, metadata={"help": "pseudo-labels from this fraction of all steps on "
+                                                       "(and never before the warm-up ends)"})
+    warmup_ratio: float = field(default=0.5, metadata={"help": "G_a replaces uniform target attention once EMA(C_a) "
+                                                       "< this × EMA(C_a of uniform attention)"})
     warmup_max_fraction: float = field(default=0.2, metadata={"help": "switch to G_a at the latest after this "
                                                                 "fraction of all steps"})
     segment_discriminator: bool = field(default=True, metadata={"help": "segment-level discriminator (Eq. 11)"})
@@ -228,9 +254,12 @@ def pair_by_prediction(probs_s, labels_s, probs_t, k: int, by: str = "source"):
     return src, tgt
 
 
-def alignment_weights(a_co, tau: float):
-    """Eq. (9)'s normalisation: the pair's A^co rescaled to [0, 1], then a softmax at temperature τ over the source
-    tokens j of each column j' (choice 8). (P, K_s, K_t) -> (P, K_s, K_t), every column sums to 1."""
+def alignment_weights(a_co, tau: float, kind: str = "soft"):
+    """Eq. (9)'s normalisation (choice 8). soft: the pair's A^co rescaled to [0, 1], then a softmax at temperature τ
+    over the source tokens j of each column j'; hard: each column one-hot on its largest A^co (the τ → 0 limit).
+    (P, K_s, K_t) -> (P, K_s, K_t), every column sums to 1."""
+    if kind == "hard":
+        return F.one_hot(a_co.argmax(1), a_co.shape[1]).transpose(1, 2).to(a_co.dtype)   # (P, K_t) -> (P, K_s, K_t)
     low, high = a_co.amin(dim=(1, 2), keepdim=True), a_co.amax(dim=(1, 2), keepdim=True)     # (P, 1, 1)
     scaled = (a_co - low) / (high - low).clamp_min(1e-12)                         # the pair's range -> [0, 1]
     return F.softmax(scaled / tau, dim=1)                                         # Eq. (9) column softmax
@@ -311,14 +340,20 @@ def attention_loss(a_hat, a_gt):
     return F.mse_loss(k * a_hat, k * a_gt)                                        # Eq. (7)
 
 
-def classification_loss(logits_s, y_s, logits_t=None, threshold: float = 0.9):
+def classification_loss(logits_s, y_s, logits_t=None, threshold: float = 0.9, balanced: bool = False):
     """Eq. (8): source CE + CE of confident target videos on their pseudo-labels, summed over B_t and divided by
-    B_t. Returns (loss, fraction of the targets pseudo-labelled)."""
+    B_t. balanced: at most ⌈B_t/C⌉ targets per predicted class, the most confident (choice 9). Returns (loss,
+    fraction of the targets pseudo-labelled)."""
     loss = F.cross_entropy(logits_s, y_s)                                         # Eq. (8), source term
     if logits_t is None:
         return loss, 0.0
     confidence, pseudo = F.softmax(logits_t.detach(), 1).max(1)
     mask = confidence >= threshold
+    if balanced:                  # rank of each target among the confident ones of its predicted class, by confidence
+        score = torch.where(mask, confidence, torch.zeros_like(confidence))
+        same = pseudo[:, None] == pseudo[None, :]                                 # (B_t, B_t)
+        ahead = (same & (score[None, :] > score[:, None])).sum(1)                 # confident rivals ranked above
+        mask = mask & (ahead < math.ceil(len(logits_t) / logits_t.shape[1]))
     loss_t = (F.cross_entropy(logits_t, pseudo, reduction="none") * mask).sum() / len(logits_t)   # Eq. (8)
     return loss + loss_t, mask.float().mean().item()
 
@@ -342,7 +377,7 @@ def segment_domain_loss(disc, f_s, f_hat, coeff: float):
 
 # == one training step: Eqs. (1)-(13) ==
 
-def tcon_step(model, args, x_s, y_s, x_t, coeff: float, attention_on: bool):
+def tcon_step(model, args, x_s, y_s, x_t, coeff: float, attention_on: bool, pseudo_on: bool = False):
     """The TCoN loss of one (source, target) batch. Returns (loss, stats, (src, tgt) pairs)."""
     f_s, f_t = model["features"](x_s), model["features"](x_t)                     # (B_s, K, d), (B_t, K, d)
     h_s, h_t = model["dropout"](f_s), model["dropout"](f_t)
@@ -359,12 +394,12 @@ def tcon_step(model, args, x_s, y_s, x_t, coeff: float, attention_on: bool):
             a_s, a_t = ground_truth_attention(a_co, src, tgt, a_ss, a_tt)        # Eqs. (4-5)
         else:                                                                     # −CoAttn: self-attention only
             a_s, a_t, a_co = l1_normalise(a_ss), l1_normalise(a_tt), a_st
-        weights = alignment_weights(a_co, args.tau)                               # Eq. (9) column softmax
+        weights = alignment_weights(a_co, args.tau, args.alignment)               # Eq. (9) column softmax
 
     att_s = a_s if args.attentive_classifier else uniform(f_s)
     logits_s = attentive_logits(seg_s, att_s)                                     # Eq. (8), source video logits
-    loss_y, pseudo_frac = classification_loss(logits_s, y_s, logits_t if attention_on else None,
-                                                    args.pseudo_threshold)       # Eq. (8)
+    loss_y, pseudo_frac = classification_loss(logits_s, y_s, logits_t if pseudo_on else None,
+                                              args.pseudo_threshold, args.pseudo_labels == "balanced")  # Eq. (8)
     paired = torch.bincount(tgt, minlength=len(f_t)) > 0                         # C_a: targets with a partner only
     loss_a = attention_loss(a_hat[paired], a_t[paired])                           # Eq. (7)
     loss = loss_y + (args.lambda_a * loss_a if args.attentive_classifier else 0.0)
@@ -401,7 +436,16 @@ def predict(model, x, use_attention: bool):
 # ---- method: schedules, warm-up and the epoch loop ----
 
 def dann_ramp(p: float) -> float:
-    return 2 / (1 + math.exp(-10 * p)) - 1                                        # λ_d, choice 11
+    return 2 / (1 + math.exp(-10 * p)) - 1                                        # paper: "as in DANN"
+
+
+def adversarial_weight(p: float, final: float, ramp: bool) -> float:
+    """λ_d at training progress p ∈ [0, 1] (choice 11): final · DANN ramp, or the constant final."""
+    return final * (dann_ramp(p) if ramp else 1.0)
+
+
+def annealed_lr(lr0: float, p: float) -> float:
+    return lr0 / (1 + 10 * p) ** 0.75                                             # DANN / TA3N lr annealing
 
 
 def step_lr(lr0: float, epoch: int, every: int) -> float:
@@ -409,25 +453,35 @@ def step_lr(lr0: float, epoch: int, every: int) -> float:
 
 
 class AttentionWarmup:
-    """Choice 7: uniform target attention until EMA(C_a) < threshold or after max_fraction of all steps. An
-    explicit object updated by the loop (no hidden counter in a module); its state goes into the checkpoint."""
+    """Choice 7: uniform target attention until G_a beats it, EMA(C_a) < ratio · EMA(C_a of uniform attention), or
+    after max_fraction of all steps. An explicit object updated by the loop (no hidden counter in a module); its state
+    goes into the checkpoint."""
 
-    def __init__(self, threshold: float, max_fraction: float, decay: float = WARMUP_EMA):
-        self.threshold, self.max_fraction, self.decay = threshold, max_fraction, decay
-        self.ema, self.on, self.switch_step = None, False, None
+    def __init__(self, ratio: float, max_fraction: float, decay: float = WARMUP_EMA):
+        self.ratio, self.max_fraction, self.decay = ratio, max_fraction, decay
+        self.ema, self.ema_uniform, self.on, self.switch_step, self.reason = None, None, False, None, None
 
-    def update(self, loss_a: float, step: int, total_steps: int) -> bool:
-        """Record C_a of step `step` (0-based); returns whether G_a is used from the next step on."""
-        self.ema = loss_a if self.ema is None else self.decay * self.ema + (1 - self.decay) * loss_a
-        if not self.on and (self.ema < self.threshold or step + 1 >= self.max_fraction * total_steps):
-            self.on, self.switch_step = True, step + 1
+    def update(self, loss_a: float, loss_a_uniform: float, step: int, total_steps: int) -> bool:
+        """Record C_a of G_a and of uniform attention at step `step` (0-based); returns whether G_a is used from
+        the next step on."""
+        first = self.ema is None
+        self.ema = loss_a if first else self.decay * self.ema + (1 - self.decay) * loss_a
+        self.ema_uniform = (loss_a_uniform if first else
+                            self.decay * self.ema_uniform + (1 - self.decay) * loss_a_uniform)
+        if not self.on:
+            if self.ema < self.ratio * self.ema_uniform:
+                self.on, self.switch_step, self.reason = True, step + 1, "ratio"
+            elif step + 1 >= self.max_fraction * total_steps:
+                self.on, self.switch_step, self.reason = True, step + 1, "cap"
         return self.on
 
     def state_dict(self) -> dict:
-        return {"ema": self.ema, "on": self.on, "switch_step": self.switch_step}
+        return {"ema": self.ema, "ema_uniform": self.ema_uniform, "on": self.on, "switch_step": self.switch_step,
+                "reason": self.reason}
 
     def load_state_dict(self, state: dict):
-        self.ema, self.on, self.switch_step = state["ema"], state["on"], state["switch_step"]
+        self.ema, self.ema_uniform, self.on = state["ema"], state["ema_uniform"], state["on"]
+        self.switch_step, self.reason = state["switch_step"], state["reason"]
 
 
 def train_one_epoch(run, model, optimizer, warmup, args, epoch: int) -> dict:
@@ -438,25 +492,28 @@ def train_one_epoch(run, model, optimizer, warmup, args, epoch: int) -> dict:
     else:
         steps = run.pairs()                                  # (source, target) batches, 128 / 128·n_t/n_s
     total_steps = args.epochs * len(steps)
-    for group in optimizer.param_groups:
-        group["lr"] = step_lr(args.lr, epoch, args.lr_step)
     totals = {}
     for i, (idx_s, idx_t) in enumerate(run.progress(steps)):
         step = (epoch - 1) * len(steps) + i
+        p = step / total_steps                               # training progress in [0, 1)
+        lr = annealed_lr(args.lr, p) if args.lr_schedule == "anneal" else step_lr(args.lr, epoch, args.lr_step)
+        for group in optimizer.param_groups:
+            group["lr"] = lr
         x_s = run.frames(d.source_train, idx_s, mode=args.train_sampling)         # (B_s, K, D)
         y_s = torch.as_tensor(d.source_train.labels[idx_s.numpy()]).to(run.device)
         if args.source_only:
             loss, stats = source_only_step(model, x_s, y_s)
         else:
             x_t = run.frames(d.target_train, idx_t, mode=args.train_sampling)     # (B_t, K, D)
-            coeff = dann_ramp(step / total_steps)
-            loss, stats, _ = tcon_step(model, args, x_s, y_s, x_t, coeff, warmup.on)
+            coeff = adversarial_weight(p, args.lambda_d, args.lambda_ramp)
+            pseudo_on = args.pseudo_labels != "off" and warmup.on and p >= args.pseudo_start
+            loss, stats, _ = tcon_step(model, args, x_s, y_s, x_t, coeff, warmup.on, pseudo_on)
             stats.update(lambda_d=coeff)                   # target-train labels are never read in training
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         if not args.source_only:
-            warmup.update(stats["loss_a"], step, total_steps)
+            warmup.update(stats["loss_a"], stats["loss_a_uniform"], step, total_steps)
         for key, value in stats.items():
             totals[key] = totals.get(key, 0.0) + value / len(steps)
     return {**totals, "attention_on": float(warmup.on), "lr": optimizer.param_groups[0]["lr"]}
@@ -474,6 +531,9 @@ def resolve(args):
         data.fail(f"--pairs-per-video must be >= 1 (got {args.pairs_per_video})")
     if not 0 < args.pseudo_threshold <= 1:
         data.fail(f"--pseudo-threshold must be in (0, 1] (got {args.pseudo_threshold})")
+    if not 0 <= args.pseudo_start <= 1 or args.warmup_ratio <= 0 or args.lambda_d < 0:
+        data.fail(f"--pseudo-start must be in [0, 1], --warmup-ratio > 0 and --lambda-d >= 0 (got "
+                  f"{args.pseudo_start}, {args.warmup_ratio}, {args.lambda_d})")
     if not 0 <= args.warmup_max_fraction <= 1:
         data.fail(f"--warmup-max-fraction must be in [0, 1] (got {args.warmup_max_fraction})")
     if args.lambda_a < 0 or args.lr <= 0 or args.lr_step < 1:
@@ -494,7 +554,7 @@ def main(argv=None) -> dict:
     run = data.Run(args, "tcon", with_target_train=not args.source_only)
     model = build_model(args, run.data.source_train.dim, run.data.num_classes).to(run.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)                  # paper: Adam, lr 3e-4
-    warmup = AttentionWarmup(args.warmup_threshold, args.warmup_max_fraction)
+    warmup = AttentionWarmup(args.warmup_ratio, args.warmup_max_fraction)
 
     # ---- method: TCoN (train_one_epoch above) ----
     for epoch in run.epochs({"model": model, "optimizer": optimizer, "warmup": warmup}):
@@ -504,6 +564,7 @@ def main(argv=None) -> dict:
         use_attention = warmup.on and args.attentive_classifier and not args.source_only
         run.end_epoch(stats, predict=lambda x: predict(model, x, use_attention))
     return run.finish(extra={"backbone": args.backbone, "attention_switch_step": warmup.switch_step,
+                             "attention_switch_reason": warmup.reason,
                              "parameters": sum(p.numel() for p in model.parameters())})
 
 

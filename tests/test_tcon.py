@@ -88,6 +88,20 @@ def test_column_softmax_by_hand():
     assert_close(flat, torch.full((1, 3, 3), 1 / 3), atol=1e-7, what="constant A^co -> uniform columns")
 
 
+def test_hard_alignment_takes_each_columns_best_source_token():
+    a_co = torch.tensor([[[0.1, 0.5, 0.2], [0.3, 0.4, 0.9], [0.2, 0.6, 0.1]],
+                         [[0.0, 0.0, 0.7], [0.2, 0.1, 0.0], [0.1, 0.3, 0.0]]], dtype=torch.float64)
+    w = tcon.alignment_weights(a_co, tau=0.1, kind="hard")
+    want = torch.zeros(2, 3, 3, dtype=torch.float64)
+    want[0, [1, 2, 1], [0, 1, 2]] = 1.0                       # column maxima: rows 1, 2, 1
+    want[1, [1, 2, 0], [0, 1, 2]] = 1.0                       # rows 1, 2, 0
+    assert torch.equal(w, want)
+    f_s = torch.randn(2, 3, 4, dtype=torch.float64)
+    assert_close(tcon.target_aligned(w, f_s)[0], f_s[0, [1, 2, 1]], atol=0, what="f̂ = the chosen source tokens")
+    # the τ → 0 limit of the soft weights
+    assert_close(tcon.alignment_weights(a_co, tau=1e-3), w, atol=1e-12, what="soft at tiny τ")
+
+
 def test_target_aligned_features_equal_source_for_one_hot_alignment():
     g = torch.Generator().manual_seed(0)
     f_s = torch.randn(4, 5, 6, generator=g, dtype=torch.float64, requires_grad=True)
@@ -159,21 +173,27 @@ def test_source_picked_pairs_keep_the_source_label_mix_when_target_predictions_c
     assert sorted(src.tolist()) == [0, 1, 2, 3, 4]
 
 
-def test_warmup_switches_when_the_attention_loss_falls_below_the_threshold():
-    w = tcon.AttentionWarmup(threshold=0.01, max_fraction=1.0)
-    assert not w.update(0.5, 0, 1000)                         # EMA starts at the first loss
-    # EMA = 0.5 · 0.9^n after n zero losses: 0.5·0.9^37 = 0.0102 > 0.01, 0.5·0.9^38 = 0.0092 < 0.01
-    for step in range(1, 38):
-        assert not w.update(0.0, step, 1000), step
-    assert w.update(0.0, 38, 1000) and w.switch_step == 39
-    assert w.update(1.0, 39, 1000), "the switch is one-way"
+def test_warmup_switches_when_attention_beats_uniform_by_the_ratio():
+    w = tcon.AttentionWarmup(ratio=0.5, max_fraction=1.0)
+    assert not w.update(0.4, 0.4, 0, 1000)                    # G_a at init = uniform attention: ratio 1
+    # EMA_a = 0.4·0.9^n (G_a's loss drops to 0), EMA_u stays 0.4: ratio 0.9^n < 0.5 first at n = 7 (0.478)
+    for step in range(1, 7):
+        assert not w.update(0.0, 0.4, step, 1000), step
+    assert w.update(0.0, 0.4, 7, 1000) and (w.switch_step, w.reason) == (8, "ratio")
+    assert w.update(1.0, 0.1, 8, 1000), "the switch is one-way"
     state = w.state_dict()
-    w2 = tcon.AttentionWarmup(threshold=0.01, max_fraction=1.0)
+    w2 = tcon.AttentionWarmup(ratio=0.5, max_fraction=1.0)
     w2.load_state_dict(state)
-    assert (w2.on, w2.switch_step, w2.ema) == (True, 39, state["ema"])
-    # the cap: a loss that never falls switches after max_fraction of all steps (2 of 10)
-    capped = tcon.AttentionWarmup(threshold=0.01, max_fraction=0.2)
-    assert not capped.update(1.0, 0, 10) and capped.update(1.0, 1, 10) and capped.switch_step == 2
+    assert (w2.on, w2.switch_step, w2.reason, w2.ema, w2.ema_uniform) == (True, 8, "ratio", state["ema"],
+                                                                          state["ema_uniform"])
+    # scale-free: the same sequence × 1e-3 switches at the same step (an absolute threshold would not)
+    small = tcon.AttentionWarmup(ratio=0.5, max_fraction=1.0)
+    steps = [small.update(a * 1e-3, 0.4e-3, i, 1000) for i, a in enumerate([0.4] + [0.0] * 7)]
+    assert steps.index(True) == 7
+    # the cap: G_a that never beats uniform switches after max_fraction of all steps (2 of 10)
+    capped = tcon.AttentionWarmup(ratio=0.5, max_fraction=0.2)
+    assert not capped.update(1.0, 1.0, 0, 10) and capped.update(1.0, 1.0, 1, 10)
+    assert (capped.switch_step, capped.reason) == (2, "cap")
 
 
 # ---- 4. losses, GRL, schedules, TRN tokens ---------------------------------------------------------
@@ -198,6 +218,22 @@ def test_losses_by_hand():
                  atol=1e-7, what="C_ds")
 
 
+def test_balanced_pseudo_labels_keep_at_most_ceil_bt_over_c_per_class():
+    # B_t = 5, C = 2: at most ⌈5/2⌉ = 3 per predicted class. Targets 0-3 confident class 0 (confidence rising with
+    # the logit), target 4 confident class 1: balanced keeps 1, 2, 3 (the 3 most confident of class 0) and 4
+    logits_t = torch.tensor([[4.0, 0.0], [5.0, 0.0], [6.0, 0.0], [7.0, 0.0], [0.0, 9.0]])
+    logits_s, y_s = torch.tensor([[0.0, 0.0]]), torch.tensor([0])
+    loss, frac = tcon.classification_loss(logits_s, y_s, logits_t, threshold=0.9)
+    assert frac == 1.0
+    loss_b, frac_b = tcon.classification_loss(logits_s, y_s, logits_t, threshold=0.9, balanced=True)
+    assert abs(frac_b - 0.8) < 1e-6
+    want = math.log(2) + sum(math.log1p(math.exp(-z)) for z in (5.0, 6.0, 7.0, 9.0)) / 5
+    assert_close(loss_b, want, atol=1e-6, what="balanced C_y")
+    # a class under the cap keeps all its confident targets
+    _, frac_small = tcon.classification_loss(logits_s, y_s, logits_t[2:], threshold=0.9, balanced=True)
+    assert frac_small == 1.0                                  # 3 targets, cap ⌈3/2⌉ = 2: class 0 has 2, class 1 has 1
+
+
 def test_segment_discriminator_labels_source_one_and_aligned_zero():
     # a discriminator returning +20 on the first feature: confident "1" for inputs with x0 = 1, "0" for x0 = −1
     disc = lambda x: 20 * x[:, :1]
@@ -216,6 +252,12 @@ def test_grl_is_identity_forward_and_minus_lambda_backward():
     assert_close(x.grad, -0.3 * upstream, atol=1e-7, what="GRL backward")
     assert tcon.dann_ramp(0.0) == 0.0 and abs(tcon.dann_ramp(1.0) - 2 / (1 + math.exp(-10)) + 1) < 1e-12
     assert tcon.step_lr(3e-4, 30, 30) == 3e-4 and abs(tcon.step_lr(3e-4, 31, 30) - 3e-5) < 1e-15
+    # λ_d: the ramp scaled to its final value (0.1 · (2/(1+e^-5) − 1) = 0.0986614 at p = 0.5), or constant
+    assert abs(tcon.adversarial_weight(0.5, 0.1, True) - 0.1 * (2 / (1 + math.exp(-5)) - 1)) < 1e-12
+    assert tcon.adversarial_weight(0.0, 0.1, True) == 0.0 and tcon.adversarial_weight(0.0, 0.1, False) == 0.1
+    # lr annealing: lr0 at p = 0, lr0 / 11^0.75 = lr0 · 0.165560 at p = 1
+    assert tcon.annealed_lr(3e-4, 0.0) == 3e-4
+    assert abs(tcon.annealed_lr(3e-4, 1.0) - 3e-4 * 0.1655600) < 1e-10
 
 
 def test_relation_tuples_and_trn_tokens():
@@ -236,7 +278,8 @@ def test_relation_tuples_and_trn_tokens():
 # ---- 5. one training step of every variant ---------------------------------------------------------
 
 VARIANTS = [[], ["--no-segment-discriminator"], ["--no-aligned"], ["--no-co-attention"],
-            ["--no-attentive-classifier"], ["--similarity", "dot"], ["--pairing", "target"]]
+            ["--no-attentive-classifier"], ["--similarity", "dot"], ["--pairing", "target"], ["--alignment", "hard"],
+            ["--pseudo-labels", "balanced"]]
 
 
 @pytest.mark.parametrize("backbone", ["tsn", "trn"])
@@ -249,7 +292,7 @@ def test_each_variant_trains_one_step(backbone, flags):
     before = {k: v.clone() for k, v in model.state_dict().items()}
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     for attention_on in (False, True):
-        loss, stats, (src, tgt) = tcon.tcon_step(model, args, x_s, y_s, x_t, 0.5, attention_on)
+        loss, stats, (src, tgt) = tcon.tcon_step(model, args, x_s, y_s, x_t, 0.5, attention_on, attention_on)
         assert torch.isfinite(loss) and all(math.isfinite(v) for v in stats.values())
         opt.zero_grad()
         loss.backward()
@@ -287,9 +330,27 @@ def test_smoke_run_writes_outputs_and_learns(tmp_path):
     assert stored["attention_switch_step"] is not None and stored["attention_switch_step"] <= 5
     ckpt = torch.load(os.path.join(out, "checkpoint.pt"), weights_only=False)
     assert ckpt["state"]["warmup"]["on"] and "model" in ckpt["state"]
-    # fixed seed: the classifier learns (chance = 1/12 ≈ 0.083)
-    assert m["final"]["oracle"]["top1"] > 0.15
+    # fixed seed: the classifier learns the source (chance = 1/12 ≈ 0.083; 0.26 after 2 epochs at 16-d) and is
+    # above chance on the target (0.11; the target needs more than 2 epochs at 16-d)
     assert max(r["source_val_top1"] for r in m["epochs"]) > 0.2
+    assert m["final"]["oracle"]["top1"] > 0.1
+    assert stored["args"]["alignment"] == "hard" and stored["args"]["pseudo_labels"] == "off"
+    assert stored["attention_switch_reason"] in ("ratio", "cap")
+
+
+def test_schedule_flags_reach_the_training_loop(tmp_path):
+    # 1 epoch = 12 steps (1438 source videos / 128): constant λ_d = 0.2 on every step, and the lr of the last step
+    # is the annealed lr0 / (1 + 10 · 11/12)^0.75; pseudo-labels from p = 0 on, but never before the warm-up ends
+    m = tcon.main(["--synth-dim", "16", "--epochs", "1", "--lr-schedule", "anneal", "--no-lambda-ramp",
+                   "--lambda-d", "0.2", "--pseudo-labels", "threshold", "--pseudo-threshold", "0.05",
+                   "--warmup-max-fraction", "0.5", "--out", str(tmp_path)])
+    row = m["epochs"][0]
+    assert_close(row["lambda_d"], 0.2, atol=1e-12, what="constant λ_d")
+    assert_close(row["lr"], 3e-4 / (1 + 10 * 11 / 12) ** 0.75, atol=1e-15, what="annealed lr")
+    # the cap switches after step 6 of 12 (before it the 16-d G_a cannot halve C_a): steps 7-12 pseudo-label
+    # every target (threshold 0.05 < 1/12), steps 1-6 none -> mean fraction 0.5
+    assert m["attention_switch_step"] == 6 and m["attention_switch_reason"] == "cap"
+    assert_close(row["pseudo_frac"], 0.5, atol=1e-6, what="pseudo-labels only after the warm-up")
 
 
 def test_source_only_run(tmp_path):
@@ -311,6 +372,7 @@ def test_help_lists_shared_and_method_flags():
     (["--tau", "0"], "--tau"),
     (["--backbone", "trn", "--num-segments", "2"], "--num-segments"),
     (["--source-only", "--no-aligned"], "--source-only"),
+    (["--pseudo-start", "2"], "--pseudo-start"),
     (["--source", "ucf", "--target", "hmdb", "--data-root", "/nonexistent/vidda"], "data root not found"),
 ])
 def test_bad_input_is_one_error_line(argv, words):
