@@ -1491,19 +1491,20 @@ class Run:
         except Exception as e:
             fail(f"cannot read {path} ({type(e).__name__}); delete it or drop --resume")
 
-    def _restore(self, state: dict, ckpt: dict, path: str, modules_only: bool = False):
+    def _restore(self, state: dict, ckpt: dict, path: str, trained_only: bool = False):
         try:
             for key, obj in state.items():
-                if not modules_only or isinstance(obj, torch.nn.Module):
+                if not trained_only or not isinstance(obj, torch.optim.Optimizer):
                     obj.load_state_dict(ckpt["state"][key])
         except (KeyError, RuntimeError, ValueError) as e:
             fail(f"{path} does not match this model ({type(e).__name__}: {str(e).splitlines()[0][:120]})")
 
     def load_trained(self, state: dict):
-        """--eval-only: load the modules of `state` from --checkpoint and put them in eval mode."""
+        """--eval-only: load `state` (modules and other trained state, no optimizer) from --checkpoint; modules go
+        to eval mode."""
         self._state = state
         ckpt = self._load(self.args.checkpoint)
-        self._restore(state, ckpt, self.args.checkpoint, modules_only=True)
+        self._restore(state, ckpt, self.args.checkpoint, trained_only=True)
         for obj in state.values():
             if isinstance(obj, torch.nn.Module):
                 obj.eval()
@@ -1526,9 +1527,10 @@ class Run:
         self._write(final=False)
         if self.args.eval_only:
             return row
-        modules = {key: obj.state_dict() for key, obj in self._state.items() if isinstance(obj, torch.nn.Module)}
+        trained = {key: obj.state_dict() for key, obj in self._state.items()
+                   if not isinstance(obj, torch.optim.Optimizer)}                # the model, without optimizers
         if max(self.history, key=lambda r: (r["source_val_top1"], r["epoch"])) is row:     # ties: the latest
-            atomic_save({"epoch": self.epoch, "args": dataclasses.asdict(self.args), "state": modules},
+            atomic_save({"epoch": self.epoch, "args": dataclasses.asdict(self.args), "state": trained},
                         os.path.join(self.out, "best_source.pt"))
         atomic_save({"epoch": self.epoch, "history": self.history, "rng": _rng_state(self.generator),
                      "elapsed": self.elapsed(), "args": dataclasses.asdict(self.args),

@@ -100,7 +100,6 @@ Ablation flags (paper Table 5, Jester)
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass, field
 
 import torch
@@ -546,23 +545,25 @@ def resolve(args):
 def main(argv=None) -> dict:
     args = data.parse_args(Args, argv, __doc__)
     resolve(args)
-    if not args.out:                                       # one folder per variant
-        tag = args.backbone + ("_source-only" if args.source_only else "")
-        args.out = os.path.join("runs", f"tcon_{tag}_{args.source}_{args.target}_s{args.seed}")
 
     # ---- run plumbing (identical in every script; see data.py) ----
-    run = data.Run(args, "tcon", with_target_train=not args.source_only)
+    run = data.Run(args, "tcon", with_target_train=not args.source_only,
+                   variant=args.backbone + ("_source-only" if args.source_only else ""))   # one folder per variant
     model = build_model(args, run.data.source_train.dim, run.data.num_classes).to(run.device)
     optimizer = torch.optim.Adam(model.parameters(), lr=args.lr)                  # paper: Adam, lr 3e-4
     warmup = AttentionWarmup(args.warmup_ratio, args.warmup_max_fraction)
+    state = {"model": model, "optimizer": optimizer, "warmup": warmup}
+    use_attention = lambda: warmup.on and args.attentive_classifier and not args.source_only
+    if args.eval_only:                                     # --eval-only --checkpoint PATH: test, no training
+        run.load_trained(state)                            # the model and the attention switch
+        run.end_epoch({}, predict=lambda x: predict(model, x, use_attention()))
 
     # ---- method: TCoN (train_one_epoch above) ----
-    for epoch in run.epochs({"model": model, "optimizer": optimizer, "warmup": warmup}):
+    for epoch in run.epochs(state) if not args.eval_only else []:
         model.train()
         stats = train_one_epoch(run, model, optimizer, warmup, args, epoch)
         model.eval()
-        use_attention = warmup.on and args.attentive_classifier and not args.source_only
-        run.end_epoch(stats, predict=lambda x: predict(model, x, use_attention))
+        run.end_epoch(stats, predict=lambda x: predict(model, x, use_attention()))
     return run.finish(extra={"backbone": args.backbone, "attention_switch_step": warmup.switch_step,
                              "attention_switch_reason": warmup.reason,
                              "parameters": sum(p.numel() for p in model.parameters())})
