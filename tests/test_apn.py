@@ -7,6 +7,7 @@ import math
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -112,17 +113,36 @@ def test_attention_block_shapes_and_dependencies():
 # ---- 2. relations and the pyramid ---------------------------------------------------------------------------
 
 def test_relation_windows():
+    comb = apn.relation_windows(5, "combinations")
+    assert [len(w) for w in comb] == [math.comb(5, 4), math.comb(5, 3), math.comb(5, 2)]       # 5, 10, 10
+    for w in comb:
+        assert (w[:, 1:] > w[:, :-1]).all() and len({tuple(r) for r in w.tolist()}) == len(w)
+    assert comb[2].tolist()[:4] == [[0, 1], [0, 2], [0, 3], [0, 4]]                  # not only neighbours
     cons = apn.relation_windows(5, "consecutive")
     assert [tuple(w.shape) for w in cons] == [(2, 4), (3, 3), (4, 2)]        # scales M−1..2, M−m+1 windows
     assert cons[1].tolist() == [[0, 1, 2], [1, 2, 3], [2, 3, 4]]
-    comb = apn.relation_windows(5, "combinations")
-    assert [len(w) for w in comb] == [math.comb(5, 4), math.comb(5, 3), math.comb(5, 2)]
-    for w in comb:
-        assert (w[:, 1:] > w[:, :-1]).all() and len({tuple(r) for r in w.tolist()}) == len(w)
     assert [len(w) for w in apn.relation_windows(3, "consecutive")] == [2]   # M = 3: one local scale
     draw = apn.sample_windows(cons, torch.Generator().manual_seed(0))
     assert [tuple(w.shape) for w in draw] == [(1, 4), (1, 3), (1, 2)]
     assert all(any(torch.equal(d[0], r) for r in w) for d, w in zip(draw, cons))
+
+
+def test_relation_sampler_draws_per_forward_or_per_batch():
+    windows = apn.relation_windows(5, "combinations")
+    same = lambda a, b: all(torch.equal(u, v) for u, v in zip(a, b))
+    # code: a new draw at every call, training and test alike, from the given generator
+    g, twin = torch.Generator().manual_seed(7), torch.Generator().manual_seed(7)
+    for training in (True, False):
+        relations = apn.relation_sampler(windows, "forward", g, training)
+        draws = [relations() for _ in range(6)]
+        assert all(tuple(w.shape) == (1, m) for d in draws for w, m in zip(d, (4, 3, 2)))
+        assert all(same(d, apn.sample_windows(windows, twin)) for d in draws)     # exactly the generator's draws
+        assert not all(same(draws[0], d) for d in draws[1:])
+    # ours: training draws once when the batch starts, every forward reuses it; test gets every subset
+    relations = apn.relation_sampler(windows, "batch", torch.Generator().manual_seed(7), training=True)
+    assert same(relations(), relations()) and [len(w) for w in relations()] == [1, 1, 1]
+    assert same(relations(), apn.sample_windows(windows, torch.Generator().manual_seed(7)))
+    assert apn.relation_sampler(windows, "batch", g, training=False)() is windows
 
 
 @pytest.mark.parametrize("batch,kind,train", [(1, "consecutive", True), (3, "consecutive", False),
@@ -162,6 +182,10 @@ def ascent_case(level_set=("II", "III"), gamma=0.5):
     return model, x0, y, windows
 
 
+def fixed(windows):
+    return lambda: windows                          # the same relation subsets for every forward
+
+
 def objective_at(model, x, x0, y, windows, gamma, level):
     with torch.no_grad():
         return apn.ada_objective(model, model(x, windows), model(x0, windows), y, gamma, level).item()
@@ -176,7 +200,7 @@ def test_ascent_steps_increase_the_maximized_objective(level):
     assert start == pytest.approx(ce, abs=1e-12)
     values = [start]
     for steps in (1, 2, 3):
-        x = apn.adversarial_examples(model, x0, y, windows, gamma=0.5, levels=(level,), steps=steps, eta=0.2,
+        x = apn.adversarial_examples(model, x0, y, fixed(windows), gamma=0.5, levels=(level,), steps=steps, eta=0.2,
                                      train_mode=False)[0]
         values.append(objective_at(model, x, x0, y, windows, 0.5, level))
     assert all(b > a + 1e-6 for a, b in zip(values, values[1:])), values
@@ -185,7 +209,7 @@ def test_ascent_steps_increase_the_maximized_objective(level):
 
 def test_one_ascent_step_is_eq_5_and_the_level_chains_are_independent():
     model, x0, y, windows = ascent_case()
-    both = apn.adversarial_examples(model, x0, y, windows, gamma=0.5, levels=("II", "III"), steps=2, eta=0.3,
+    both = apn.adversarial_examples(model, x0, y, fixed(windows), gamma=0.5, levels=("II", "III"), steps=2, eta=0.3,
                                     train_mode=False)
     assert both.shape == (2, 4, 5, 6)
     for i, level in enumerate(("II", "III")):
@@ -193,18 +217,77 @@ def test_one_ascent_step_is_eq_5_and_the_level_chains_are_independent():
         with torch.no_grad():
             p0 = model(x0, windows)
         grad, = torch.autograd.grad(apn.ada_objective(model, model(x, windows), p0, y, 0.5, level), x)
-        one = apn.adversarial_examples(model, x0, y, windows, gamma=0.5, levels=(level,), steps=1, eta=0.3,
+        one = apn.adversarial_examples(model, x0, y, fixed(windows), gamma=0.5, levels=(level,), steps=1, eta=0.3,
                                        train_mode=False)[0]
         assert_close(one, x0 + 0.3 * grad, atol=1e-12, what=f"Eq. (5) level {level}")
-        alone = apn.adversarial_examples(model, x0, y, windows, gamma=0.5, levels=(level,), steps=2, eta=0.3,
+        alone = apn.adversarial_examples(model, x0, y, fixed(windows), gamma=0.5, levels=(level,), steps=2, eta=0.3,
                                          train_mode=False)[0]
         assert_close(both[i], alone, atol=1e-10, what=f"batched chain {level} == its own chain")
     assert sum(p.grad is not None for p in model.parameters()) == 0          # the ascent leaves θ's grads alone
 
 
+def test_r0_once_alg1_or_before_every_step_code_with_a_draw_per_forward():
+    """Two steps, two levels, a scripted sequence of relation draws: R_0 (once, or before every step) and each chain's
+    forward take the draws in loop order, and every step is Eq. (5) from the previous point."""
+    model, x0, y, _ = ascent_case()
+    every = apn.relation_windows(5, "combinations")
+    draws = [apn.sample_windows(every, torch.Generator().manual_seed(s)) for s in range(6)]
+    with torch.no_grad():
+        r0 = [model(x0, d) for d in draws]          # the pyramid at X_0 under each draw
+
+    def step(x, ref, d, level):
+        x = x.clone().requires_grad_(True)
+        grad, = torch.autograd.grad(apn.ada_objective(model, model(x, d), ref, y, 0.5, level), x)
+        return x.detach() + 0.3 * grad
+
+    # draw order: code  R_0 d0, II d1, III d2 | R_0 d3, II d4, III d5;  Alg. 1  R_0 d0, II d1, III d2 | II d3, III d4
+    plans = {True: ((0, 1, 3, 4), (0, 2, 3, 5)), False: ((0, 1, 0, 3), (0, 2, 0, 4))}
+    for recompute, plan in plans.items():
+        script = iter(draws)
+        got = apn.adversarial_examples(model, x0, y, lambda: next(script), gamma=0.5, levels=("II", "III"), steps=2,
+                                       eta=0.3, train_mode=False, recompute_reference=recompute)
+        for i, (level, (a, b, c, d)) in enumerate(zip(("II", "III"), plan)):
+            want = step(step(x0, r0[a], draws[b], level), r0[c], draws[d], level)
+            assert_close(got[i], want, atol=1e-10, what=f"recompute={recompute} level {level}")
+        assert len(list(script)) == (0 if recompute else 1)                   # R_0 once: one draw fewer
+
+
+class CountingSGD(torch.optim.SGD):
+    def __init__(self, *a, **kw):
+        super().__init__(*a, **kw)
+        self.steps = 0
+
+    def step(self, closure=None):
+        self.steps += 1
+        return super().step(closure)
+
+
+@pytest.mark.parametrize("variant", ["alg1", "code"])
+def test_alg1_updates_three_times_code_once_on_the_joint_batch(variant):
+    model = tiny_model(seed=5)
+    x, y = torch.randn(4, 5, 6, dtype=torch.float64), torch.tensor([2, 0, 1, 1])
+    windows = apn.sample_windows(apn.relation_windows(5, "combinations"), torch.Generator().manual_seed(2))
+    args = tiny_args(ada_variant=variant)
+    with torch.no_grad():
+        clean = F.cross_entropy(model.classify(model(x, windows)["III"]), y).item()
+    if variant == "code":                           # the loss of the one step: CE(h(R^III)) over [X, X^II, X^III]
+        x_adv = apn.adversarial_examples(model, x, y, fixed(windows), gamma=0.1, levels=("II", "III"), steps=2,
+                                         eta=0.5, train_mode=True, recompute_reference=True)
+        with torch.no_grad():
+            joint = F.cross_entropy(model.classify(model(torch.cat([x, *x_adv]), windows)["III"]), y.repeat(3)).item()
+    opt = CountingSGD(model.parameters(), lr=0.05)
+    stats = apn.apn_step(model, opt, x, y, fixed(windows), 0.1, args)
+    assert opt.steps == (3 if variant == "alg1" else 1)
+    if variant == "alg1":
+        assert stats["loss"] == pytest.approx(clean, abs=1e-12) and "adv_loss" in stats          # line 5 first
+    else:
+        assert stats["loss"] == pytest.approx(joint, abs=1e-12) and "adv_loss" not in stats
+    assert 0 < stats["perturbation"] < 10
+
+
 def test_normalized_step_moves_each_video_by_the_relative_step():
     model, x0, y, windows = ascent_case()
-    x = apn.adversarial_examples(model, x0, y, windows, gamma=0.5, levels=("II", "III"), steps=1, eta=1.0,
+    x = apn.adversarial_examples(model, x0, y, fixed(windows), gamma=0.5, levels=("II", "III"), steps=1, eta=1.0,
                                  train_mode=False, relative_step=0.1)
     moved = (x - x0).flatten(2).norm(dim=2)                                   # (L, B)
     assert_close(moved, 0.1 * x0.flatten(1).norm(dim=1).expand(2, -1), atol=1e-10, what="‖ΔX‖ = 0.1‖X_0‖")
@@ -282,21 +365,54 @@ def test_no_target_tensor_reaches_training(tmp_path, monkeypatch):
 
     monkeypatch.setattr(data, "make_synthetic_split", make)
     monkeypatch.setattr(data, "Run", SpyRun)
-    apn.main(["--synth-dim", "8", "--hidden-dim", "8", "--epochs", "1", "--gammas", "1", "--ada-steps", "1",
-              "--batch-size", "256", "--out", str(tmp_path)])
+    m = apn.main(["--synth-dim", "8", "--hidden-dim", "8", "--epochs", "1", "--gammas", "1", "--ada-steps", "1",
+                  "--batch-size", "256", "--val-fraction", "0.3", "--out", str(tmp_path)])
     assert runs[0].data.target_train is None
+    # the paper's split: 30 % of the train list selects, the held-out list is an in-domain test of the last model
+    counts = np.bincount(data.make_synthetic_split("synth2-a", "train", 0, 8).labels)
+    assert m["source_split"]["select"] == int(np.round(0.3 * counts).sum()) == len(runs[0].data.source_val)
+    assert m["source_split"]["train"] + m["source_split"]["select"] == 1438
+    assert m["source_split"]["held_out_test"] == 571
+    assert 0 <= m["source_test_last"]["source_test_top1"] <= 1
     assert not any(part == "train" and domain != "synth2-a" for domain, part in made)   # never even generated
     for domain in ("synth2-b", "synth2-c"):
         reads = guards[domain].reads
         assert reads and all(grad is False and via_eval and not in_train for grad, via_eval, in_train in reads)
 
 
+def test_replay_hands_back_the_logits_in_order():
+    a, b = torch.randn(5, 3), torch.randn(4, 3)
+    predict = apn.replay(a, b)
+    for rows, want in ((3, a[:3]), (2, a[3:]), (4, b)):                     # end_epoch: selection split, then target
+        assert_close(predict(torch.zeros(rows, 5, 2)), want, atol=0, what="replayed logits")
+    with pytest.raises(AssertionError):
+        predict(torch.zeros(1, 5, 2))
+
+
+def test_evaluation_with_random_test_relations_is_repeatable():
+    split = data.make_synthetic_split("synth2-b", "val", 0, 6)
+    torch.manual_seed(0)
+    models = torch.nn.ModuleList([apn.APN(6, **{**TINY, "num_classes": 12}) for _ in range(2)]).eval()
+    windows = apn.relation_windows(5, "combinations")
+
+    def logits(seed, draw="forward"):
+        args = tiny_args(seed=seed, relation_draw=draw, num_segments=5)
+        run = SimpleNamespace(args=args, device=torch.device("cpu"), data=SimpleNamespace(num_classes=12))
+        stats, protocol = apn.evaluate(run, models, windows, {"t": split}, ["gamma1", "gamma2"])
+        assert set(stats) >= {"t_top1", "t_maxconf_top1", "t_softavg_top1", "t_gamma1_top1", "t_gamma2_top1"}
+        return protocol["t"]
+
+    assert torch.equal(logits(1), logits(1))                          # every split starts its draws from --seed
+    assert not torch.allclose(logits(1), logits(2))                   # ... and they are random draws
+    assert torch.equal(logits(1, "batch"), logits(2, "batch"))        # every subset at test: no draw at all
+
+
 # ---- 6. every ablation trains one step ---------------------------------------------------------------------------
 
 @pytest.mark.parametrize("change", [dict(ada=False), dict(ada_from="level2"), dict(ada_from="level3"),
-                                    dict(ada_from="last-hidden"), dict(update="joint"),
-                                    dict(ascent_train_mode=True), dict(relations="combinations"),
-                                    dict(shared_block=False)])
+                                    dict(ada_from="last-hidden"), dict(ada_variant="code"),
+                                    dict(ascent_train_mode=True), dict(relations="consecutive"),
+                                    dict(relation_draw="batch"), dict(shared_block=False)])
 def test_each_ablation_trains_one_step(change):
     args = tiny_args(**change)
     model = apn.APN(6, **{**TINY, "shared_block": args.shared_block, "frame_dropout": 0.5,
@@ -304,10 +420,12 @@ def test_each_ablation_trains_one_step(change):
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     before = [p.detach().clone() for p in model.parameters()]
     x, y = torch.randn(7, 5, 6), torch.randint(0, 3, (7,))
-    windows = apn.sample_windows(apn.relation_windows(5, args.relations), torch.Generator().manual_seed(0))
-    stats = apn.apn_step(model, opt, x, y, windows, 0.1, args)
+    relations = apn.relation_sampler(apn.relation_windows(5, args.relations), args.relation_draw,
+                                     torch.Generator().manual_seed(0), training=True)
+    stats = apn.apn_step(model, opt, x, y, relations, 0.1, args)
     assert all(math.isfinite(v) for v in stats.values())
-    assert ("perturbation" in stats) == args.ada and ("adv_loss" in stats) == (args.ada and args.update == "alg1")
+    assert ("perturbation" in stats) == args.ada
+    assert ("adv_loss" in stats) == (args.ada and args.ada_variant == "alg1")
     assert any(not torch.equal(a, b) for a, b in zip(before, model.parameters()))
     assert model.training
 
@@ -317,15 +435,16 @@ def test_each_ablation_trains_one_step(change):
 def test_smoke_run(tmp_path, capsys):
     out = str(tmp_path / "run")
     m = apn.main(["--synth-dim", "16", "--hidden-dim", "16", "--epochs", "2", "--gammas", "0.1", "1",
-                  "--ada-steps", "1", "--batch-size", "64", "--lr", "0.01", "--seed", "2", "--out", out])
+                  "--ada-steps", "1", "--batch-size", "64", "--lr", "0.01", "--frame-dropout", "0.5", "--seed", "2",
+                  "--out", out])
     for name in ("metrics.json", "epochs.csv", "checkpoint.pt"):
         assert os.path.isfile(os.path.join(out, name))
     stored = json.load(open(os.path.join(out, "metrics.json")))
     assert stored["args"]["target"] == ["synth2-b", "synth2-c"] and stored["args"]["gammas"] == ["0.1", "1"]
-    counts = np.bincount(data.make_synthetic_split("synth2-a", "train", 0, 4).labels)
     assert stored["complete"] and stored["synthetic"]
-    assert stored["source_split"]["select"] == int(np.round(0.3 * counts).sum())
-    assert stored["source_split"]["train"] + stored["source_split"]["select"] == 1438
+    # the dg-tsn/dg-trn protocol: the whole source train list trains, the held-out source list (synth2-a val) selects
+    assert stored["source_split"]["train"] == 1438 and stored["source_split"]["select"] == 571
+    assert stored["source_test_last"] == {}
     for key in ("last", "source_selected", "oracle"):
         assert 0 <= m["final"][key]["top1"] <= 1
     for t in ("synth2-b", "synth2-c"):
@@ -333,14 +452,17 @@ def test_smoke_run(tmp_path, capsys):
             for key in ("last", "source_selected", "oracle"):
                 assert 0 <= m["targets"][t][rule][key]["top1"] <= 1
     # the first target through data.Run and through the extra bookkeeping are the same numbers
+    # (random test relations: end_epoch is handed evaluate()'s logits, so the numbers are the same ones)
     assert m["targets"]["synth2-b"]["maxconf"]["last"]["top1"] == m["final"]["last"]["top1"]
-    assert m["epochs"][-1]["synth2-b_top1"] == m["epochs"][-1]["target_top1"]
+    for row in m["epochs"]:
+        assert row["synth2-b_top1"] == row["target_top1"] and row["select_top1"] == row["source_val_top1"]
     row = m["epochs"][-1]
     assert all(math.isfinite(v) for k, v in row.items() if isinstance(v, float))
     assert 0 < row["perturbation"] < 1
-    # clearly above chance (1/12) on both unseen domains and in-domain
+    # clearly above chance (1/12) on both unseen domains
     assert m["final"]["last"]["top1"] > 0.35 and row["synth2-c_top1"] > 0.2          # chance: 1/12
-    assert m["source_test_last"]["source_test_top1"] > 0.9                          # in-domain: easy
+    chosen = max(m["epochs"], key=lambda r: (r["select_top1"], r["epoch"]))        # ties: the latest (data.py)
+    assert m["final"]["source_selected"]["epoch"] == chosen["epoch"]
     assert "SYNTHETIC" in capsys.readouterr().out
 
 
@@ -353,7 +475,8 @@ def test_help_lists_shared_and_method_flags():
     r = run_cli("--help")
     assert r.returncode == 0
     for flag in ("--source", "--target", "--data-root", "--epochs", "--batch-size", "--lr", "--seed", "--device",
-                 "--out", "--resume", "--gammas", "--ada-from", "--no-ada", "--relations", "--update", "--ensemble"):
+                 "--out", "--resume", "--gammas", "--ada-from", "--no-ada", "--relations", "--relation-draw",
+                 "--ada-variant", "--ensemble", "--val-fraction"):
         assert flag in r.stdout, flag
 
 
