@@ -562,13 +562,11 @@ def resolve(args) -> list:
 def main(argv=None) -> dict:
     args = data.parse_args(Args, argv, __doc__)
     gammas = resolve(args)
-    if not args.out:                                       # one folder per variant; args.target is a list
-        tag = ("ada-" + args.ada_from) if args.ada else "no-ada"
-        args.out = os.path.join("runs", f"apn_{tag}_{args.source}_{'+'.join(args.target)}_s{args.seed}")
+    variant = (f"ada-{args.ada_from}" + ("-code" if args.ada_variant == "code" else "")) if args.ada else "no-ada"
 
     # ---- run plumbing (identical in every script; see data.py) ----
     pair, in_domain, tests = dg_data(args)
-    run = data.Run(args, "apn", with_target_train=False, data=pair)              # target_train is None
+    run = data.Run(args, "apn", with_target_train=False, data=pair, variant=variant)   # target_train is None
     assert run.data.target_train is None
     make = lambda: APN(pair.source_train.dim, hidden_dim=args.hidden_dim, num_segments=args.num_segments,
                        num_classes=pair.num_classes, heads=args.heads, frame_dropout=args.frame_dropout,
@@ -582,7 +580,11 @@ def main(argv=None) -> dict:
     # ---- method: APN (train_one_epoch above) ----
     state = {"models": models, **{f"optimizer_{i}": opt for i, opt in enumerate(optimizers)}}
     first = args.target[0]
-    for epoch in run.epochs(state):
+    if args.eval_only:                                     # --eval-only --checkpoint PATH: test, no training
+        run.load_trained({"models": models})
+        scores, logits = evaluate(run, models, windows, {"select": pair.source_val, **tests}, member_tags)
+        run.end_epoch(scores, predict=replay(logits["select"], logits[first]))
+    for epoch in run.epochs(state) if not args.eval_only else []:
         stats = train_one_epoch(run, models, optimizers, gammas, windows, args, epoch)
         models.eval()
         scores, logits = evaluate(run, models, windows, {"select": pair.source_val, **tests}, member_tags)
@@ -600,7 +602,11 @@ def main(argv=None) -> dict:
     if in_domain is not None:
         scores, _ = evaluate(run, models, windows, {"source_test": in_domain}, member_tags)
         source_test = {k: v for k, v in scores.items() if k.endswith("top1")}
-    return run.finish(extra={
+    protocol = RULE_TAGS[args.ensemble]
+    every_target = " | every target (last / source-selected): " + ", ".join(
+        f"{t} {100 * r[protocol]['last']['top1']:.2f} / {100 * r[protocol]['source_selected']['top1']:.2f}"
+        for t, r in per_target.items())
+    return run.finish(summary=every_target, extra={
         "targets": per_target, "ensemble_rule": args.ensemble, "gammas": gammas,
         "source_split": {"protocol": "held-out source list selects" if in_domain is None else
                          f"{round(100 * args.val_fraction)}% of the train list selects (split seed {args.split_seed})",

@@ -1574,8 +1574,9 @@ class Run:
         os.replace(os.path.join(self.out, "metrics.json.tmp"), os.path.join(self.out, "metrics.json"))
         return metrics
 
-    def finish(self, extra: dict = None) -> dict:
-        """Write the final metrics.json, print the one-line summary, return the metrics."""
+    def finish(self, extra: dict = None, summary: str = "") -> dict:
+        """Write the final metrics.json, print the one-line summary (`summary` is appended to it: APN names every
+        target there), return the metrics."""
         if self._previous_sigint is not None:
             signal.signal(signal.SIGINT, self._previous_sigint)
         if not self.history:
@@ -1587,12 +1588,12 @@ class Run:
         if self.args.eval_only:
             picked = f"epoch {f['last']['epoch']} of {self.args.checkpoint}"
             print(f"{self.script} | {label}data {self.data.name} | target top-1 {100 * f['last']['top1']:.2f} "
-                  f"(class mean {100 * f['last']['class_mean']:.2f}) | {picked}{skipped} | {self.out}")
+                  f"(class mean {100 * f['last']['class_mean']:.2f}) | {picked}{summary}{skipped} | {self.out}")
             return metrics
         print(f"{self.script} | {label}data {self.data.name} | target top-1: last {100 * f['last']['top1']:.2f} "
               f"| source-selected {100 * f['source_selected']['top1']:.2f} (ep {f['source_selected']['epoch']}) "
               f"| oracle {100 * f['oracle']['top1']:.2f} (ep {f['oracle']['epoch']})"
-              f"{summary_details(self.data, self.history, f)} | {metrics['wall_time_s']:.1f}s, {self.threads} "
+              f"{summary_details(self.data, self.history, f)}{summary} | {metrics['wall_time_s']:.1f}s, {self.threads} "
               f"thread{'s' * (self.threads > 1)}{skipped} | {self.out}")
         return metrics
 

@@ -466,6 +466,24 @@ def test_smoke_run(tmp_path, capsys):
     assert "SYNTHETIC" in capsys.readouterr().out
 
 
+def test_eval_only_reproduces_every_target_and_the_summary_names_them(tmp_path, capsys):
+    """--eval-only on best_source.pt gives the trained run's numbers on every target (same test relation draws),
+    and both summary lines name each target."""
+    common = ["--synth-dim", "16", "--hidden-dim", "16", "--gammas", "0.1", "1", "--seed", "3"]
+    trained = apn.main([*common, "--epochs", "1", "--ada-steps", "1", "--batch-size", "64", "--lr", "0.01",
+                        "--out", str(tmp_path / "run")])
+    first = capsys.readouterr().out.strip().splitlines()[-1]
+    tested = apn.main([*common, "--eval-only", "--checkpoint", str(tmp_path / "run" / "best_source.pt"),
+                       "--out", str(tmp_path / "eval")])
+    second = capsys.readouterr().out.strip().splitlines()[-1]
+    for t in ("synth2-b", "synth2-c"):
+        for rule in ("maxconf", "softavg", "gamma0.1", "gamma1"):
+            assert tested["targets"][t][rule]["last"]["top1"] == trained["targets"][t][rule]["last"]["top1"]
+        value = f"{100 * trained['targets'][t]['maxconf']['last']['top1']:.2f}"
+        assert f"{t} {value} / {value}" in first and f"{t} {value} / {value}" in second
+    assert tested["evaluated_checkpoint"].endswith("best_source.pt") and len(tested["epochs"]) == 1
+
+
 def run_cli(*argv):
     return subprocess.run([sys.executable, os.path.join(REPO, "apn.py"), *argv], capture_output=True, text=True,
                           cwd=REPO, timeout=120)
