@@ -822,7 +822,7 @@ def load_pair(args, with_target_train: bool = True) -> DomainPair:
         explicit.pop("target_list")
     if not any(explicit.values()) and {source, target} & set(EPIC_DOMAINS):
         return load_epic_pair(args, with_target_train)
-    known = sorted(DOMAIN_DIRS) + sorted(SYNTHETIC_DOMAINS)          # EPIC names were dispatched above
+    known = sorted(DOMAIN_DIRS) + list(EPIC_DOMAINS) + sorted(SYNTHETIC_DOMAINS)   # EPIC names: dispatched above
     for flag, name in (("--source", source), ("--target", target)):
         if name in RETIRED_SYNTHETIC and not any(explicit.values()):
             make_synthetic_split(name, "val")                # says it is retired, and what to use instead
@@ -1200,8 +1200,9 @@ def reject_epic_flags(args, name: str):
 @dataclass
 class RunArgs:
     """The flags every script shares; each method's `Args(RunArgs)` adds its own below these."""
-    source: str = field(default="", metadata={"help": "source domain: ucf, hmdb, olympic, kinetics, gameplay, or "
-                                              "synthetic synth2-a/b/c (default synth2-a; with --*-list files: the "
+    source: str = field(default="", metadata={"help": "source domain: ucf, hmdb, olympic, kinetics, gameplay, "
+                                              "EPIC-Kitchens D1/D2/D3, epic100-source, or synthetic synth2-a/b/c "
+                                              "(default synth2-a; with --*-list files: the "
                                               "source list's name)"})
     target: str = field(default="", metadata={"help": "target domain, same names (default synth2-b; with list "
                                               "files: the --val-list's name)"})

@@ -433,7 +433,8 @@ def test_unknown_domain_names_fail_with_one_line():
     code, err = run_info("--source", "ucff", "--target", "hmdb")
     assert code != 0 and "Traceback" not in err
     assert err.strip() == ("error: unknown --source 'ucff' (choose from gameplay, hmdb, kinetics, olympic, ucf, "
-                           "synth2-a, synth2-b, synth2-c, or pass explicit --*-list files)")
+                           "D1, D2, D3, epic100-source, epic100-target, synth2-a, synth2-b, synth2-c, or pass "
+                           "explicit --*-list files)")
 
 
 @pytest.mark.parametrize("flag,value", [("--epochs", "0"), ("--batch-size", "-3"), ("--lr", "0"),
