@@ -1,4 +1,5 @@
-"""Triton kernels for vidda. `relation_attention` fuses TA3N's temporal relation module and domain attention."""
+"""Triton kernels for vidda. `relation_attention` fuses TA3N's temporal relation module and domain attention.
+Design, compile check, CPU timings and the prepared GPU benchmark: docs/kernels.md."""
 from .relation import (
     official_loop_reference,
     relation_attention,

@@ -10,6 +10,7 @@ d̂) into R. The discriminator weights get the normal sign and w is not detached
 (models.py:20-29 for the GRL, 351-357 and 379-388 for the attention). Contract: frames (B, T, D) fp32/fp16/bf16 (fp64
 too, for gradcheck); relation_weights [(W_n (H, n·D), b_n (H,))], discriminator_weights [(W1 (Hd, H), b1 (Hd,),
 W2 (2, Hd), b2 (2,))] or None, nn.Linear layout; returns h (B, H), w (B, S), R (B, S, H), d̂ (B, S, 2) in frames.dtype.
+The design (used-pairs projection, segment-sum backward, one video per attention program) is in docs/kernels.md.
 
 The structure we exploit. concat(x[t]) · W_nᵀ = Σ_j x[t_j] · W_n^(j)ᵀ with W_n^(j) = W_n[:, jD:(j+1)D], and tuples
 share (frame t, position j) pairs: P holds one H-row per pair that some tuple uses (used_pairs: U rows), each computed
