@@ -126,8 +126,9 @@ def run_one(job):
 def mean_std(values):
     if not values:
         return "–"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.2f} ± {sd:.2f}"
+    if len(values) == 1:
+        return f"{values[0]:.2f}"                              # one seed: no spread to show
+    return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
 
 
 def gain_cell(row: dict, base: dict) -> str:

@@ -13,7 +13,7 @@ TINY = ["--seeds", "1", "2", "--epochs", "1", "--jobs", "2", "--script-args", "-
 
 def test_mean_std():
     assert compare.mean_std([]) == "–"
-    assert compare.mean_std([50.0]) == "50.00 ± 0.00"
+    assert compare.mean_std([50.0]) == "50.00"                          # one seed: no "± 0.00"
     assert compare.mean_std([1.0, 2.0, 3.0]) == "2.00 ± 1.00"          # sample std: sqrt(((1)^2+0+(1)^2)/2) = 1
 
 
