@@ -62,13 +62,15 @@ Where the official code differs from the paper (default: the paper where it is e
 12. Videos shorter than K = 53 frames: the code's loader duplicates frames over the video (its clips are then
     identical); default spread (the same TSN formulas, clips still differ; --short-videos pad: TA3N's rule).
 13. The code reports the best target-test epoch (class-mean); data.py: last, source-selected, oracle (labelled).
-Decided here (paper and code silent): ℓ is detached in Eq. (12) (the weights must not open a gradient path the
-encoder could game), ε = 1e-6; paper-mode 𝒟^m learns from its own BCE on the detached F^m; lr ×0.1 from 2/3 of
-the epochs; test BN statistics recomputed on the target train list (--test-bn target, AdaBN-style; the source
-list used for selection gets statistics recomputed on the source train list; --test-bn running: the code's
-running mix), both target accuracies recorded every epoch; --no-adaptation keeps the steps and the test
-statistics of the adapted model (its running statistics are source statistics); source pass p is shuffled by a
-generator seeded by (--seed, p), so --resume continues the stream.
+Ours, where the paper is silent and the code has nothing to follow: ℓ is detached in Eq. (12) (the weights must not
+open a gradient path the encoder could game; the released code has no attentive pooling, only 1/q), ε = 1e-6;
+paper-mode 𝒟^m learns from its own BCE on the detached F^m (the code's level probe is never trained); lr ×0.1 from
+2/3 of the epochs (the paper says the lr decays but gives no schedule; the code's StepLR at epoch 500 never fires);
+test BN statistics recomputed on the target train list (--test-bn target, AdaBN-style; the source list used for
+selection gets statistics recomputed on the source train list; --test-bn running: the code's running mix), both
+target accuracies recorded every epoch; --no-adaptation keeps the steps and the test statistics of the adapted
+model (its running statistics are source statistics); source pass p is shuffled by a generator seeded by
+(--seed, p), so --resume continues the stream.
 
 Ablations (paper Table 4) and options
   --slot-discriminators shared        w/o individual discriminators (one per level)
