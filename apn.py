@@ -93,7 +93,6 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
-import os
 from dataclasses import dataclass, field
 
 import numpy as np

@@ -110,7 +110,6 @@ def specialise(kernel, args, kwargs, arch):
 def compile_launch(kernel, args, kwargs, arch):
     """Compile one captured launch for sm_<arch>: a dict with registers, spill bytes and shared memory, or `error`."""
     import triton
-    from triton import knobs
     from triton.backends.compiler import GPUTarget
     start, log = time.perf_counter(), io.StringIO()
     try:
